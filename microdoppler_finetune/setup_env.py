@@ -36,7 +36,7 @@ def install_project(python: str = sys.executable) -> None:
     for name in ("torch", "torchvision"):
         try:
             module = __import__(name)
-            pins.append(f"{name}=={module.__version__}")
+            pins.append(f"{name}=={module.__version__.split('+')[0]}")  # local label would clash with caps
         except Exception:  # noqa: BLE001 - absent or broken: let pip choose
             pass
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:

@@ -45,8 +45,10 @@ fi
 constraints="$(mktemp)"
 "$PY" - > "$constraints" <<'PYEOF'
 import torch, torchvision
-print(f"torch=={torch.__version__}")
-print(f"torchvision=={torchvision.__version__}")
+# Without the local label (+cu130): '==2.14.1' still matches the installed build, and pip's own caps
+# such as 'torch<=2.14.1' do not exclude it.
+print(f"torch=={torch.__version__.split('+')[0]}")
+print(f"torchvision=={torchvision.__version__.split('+')[0]}")
 PYEOF
 echo "[install] installing the project (editable) with test extras; keeping $(tr '\n' ' ' < "$constraints")"
 pip_install -q -e "$REPO_ROOT[test]" --constraint "$constraints"
