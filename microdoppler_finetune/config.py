@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = REPO_ROOT / "configs"
@@ -48,10 +48,120 @@ class DataConfig:
 
 
 @dataclass
+class VAEModelConfig:
+    """The VA-VAE that is fine-tuned and the frozen model it is aligned to."""
+
+    # Size preset (models.vavae.VAVAE_PRESETS) of a model built from scratch; loaded weights bring their own config.
+    preset: str = "f16d32"
+    # Released .pt, one of our .ckpt files or an exported folder. None: microdoppler_finetune.pretrained finds it.
+    pretrained_path: Optional[str] = None
+    trust_pickle: bool = False  # allow loading pickled (non weights-only) files: only for files you trust
+    # When no pretrained weights are found, stage 1 starts from random weights instead of stopping (CPU demo).
+    allow_random_init: bool = False
+    # Alignment target: a timm model name or a local checkpoint. The release aligns to DINOv2-L.
+    vf_model: str = "vit_large_patch14_dinov2.lvd142m"
+    vf_pretrained: bool = True
+    # When the target's weights cannot be loaded, align to a randomly initialised target (said loudly) instead
+    # of stopping. Only sensible for demos and tests.
+    allow_random_vf: bool = False
+    vf_imagenet_norm: bool = False  # the release feeds DINOv2 the [-1,1] image without ImageNet normalisation
+    freeze_encoder_levels: int = 0  # freeze the first N encoder levels (the guide suggests 3-4 for <5k images)
+
+
+@dataclass
+class VAELossConfig:
+    """Generator/discriminator loss weights (DESIGN.md section 3)."""
+
+    perceptual_weight: float = 1.0
+    lpips_net: str = "vgg"
+    # LPIPS backbone weights missing (offline): use random backbone weights (said loudly) instead of stopping.
+    allow_random_lpips: bool = False
+    kl_weight: float = 1.0e-6
+    disc_weight: float = 0.5
+    disc_num_layers: int = 3
+    disc_channels: int = 64
+    distmat_weight: float = 1.0
+    cos_weight: float = 1.0
+    # Gradient-norm-ratio weight for the VF loss. Off for fine-tuning: it blew the loss up on spectrograms.
+    adaptive_vf: bool = False
+
+
+@dataclass
+class VAEStageConfig:
+    """One fine-tuning stage. No defaults here: the schedule file states every value of every stage."""
+
+    name: str = MISSING
+    epochs: int = MISSING
+    learning_rate: float = MISSING
+    vf_weight: float = MISSING
+    distmat_margin: float = MISSING
+    cos_margin: float = MISSING
+    disc_start: int = MISSING  # counted in autoencoder optimizer steps
+    init_from: str = MISSING  # "pretrained", "random" or the name of an earlier stage
+
+
+@dataclass
+class VAETrainConfig:
+    """How the VA-VAE is fine-tuned: schedule, optimisation and hardware."""
+
+    # The stage schedule (data, not code). Used when `stages` below is empty.
+    schedule: str = "vae_training/vavae_microdoppler_config.yaml"
+    stages: List[VAEStageConfig] = field(default_factory=list)
+    # Per-stage changes keyed by stage name, e.g. {stage1: {epochs: 3}} (presets use this for short runs).
+    stage_overrides: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    learning_rate: Optional[float] = None  # set: every stage of this run uses it (--learning_rate)
+    epochs: Optional[int] = None  # set: every stage of this run trains this many epochs (--epochs)
+    batch_size: int = 8  # per device
+    gradient_accumulation: int = 1
+    gradient_clip_val: Optional[float] = None  # None/0: no clipping (as released); applied under manual optimisation
+    gradient_clip_algorithm: str = "norm"
+    precision: str = "32-true"  # 32-true | 16-mixed (T4) | bf16-mixed (Ampere or newer)
+    accelerator: str = "auto"
+    devices: str = "auto"  # "auto", a count ("2") or GPU ids ("0,1")
+    strategy: str = "auto"  # auto: DDP when more than one device
+    detect_anomaly: bool = False
+    max_nonfinite_in_a_row: int = 5  # skipped steps with a non-finite loss or gradient before training stops
+    time_budget: Optional[str] = None  # e.g. "11h30m": stop cleanly with a checkpoint; rerun to continue
+    stop_after_ae_steps: Optional[int] = None  # stop a stage cleanly at this autoencoder step (debugging, tests)
+    feature_cache: bool = True  # compute each image's alignment features once per flip (memory + <work_dir>/vae)
+    feature_cache_dtype: str = "float16"  # storage of cached features; float16 halves memory (a cosine target)
+    val_seed: int = 1234  # validation posterior samples use generators seeded from this and the batch index
+    grid_images: int = 8  # fixed validation images in the per-epoch reconstruction grid
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 200  # also write last.ckpt every N autoencoder steps (0: epoch ends only)
+    save_top_k: int = 2  # best checkpoints by validation PSNR (weights only)
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    progress_bar: bool = False  # Lightning's bar; off by default: one progress line per log interval instead
+
+
+@dataclass
+class ExportConfig:
+    """step5: validation metrics, latent statistics, the encoder exported for the DiT and the latent cache."""
+
+    batch_size: int = 16
+    max_images: Optional[int] = None  # per split, spread over the split; None: all. A limited cache is marked so
+    device: str = "auto"  # auto: cuda when available
+    # Posterior samples of the latent statistics and of the cache: eps seeded per image from this and its
+    # manifest row, so a sample does not depend on batch size or device.
+    sample_seed: int = 0
+    shard_size: int = 2048  # images per latent-cache shard
+    lpips_net: str = "alex"  # LPIPS backbone of the reported metric (alex: the usual choice for reporting)
+    lpips_download: bool = True  # one short download attempt of the LPIPS backbone when it is not cached
+    figure_images: int = 8  # images in reconstruction_results.png
+    knn_k: int = 5  # neighbours of the person-separability k-NN
+    map_max_points: int = 3000  # latents drawn in the t-SNE map (a fixed random subset beyond this)
+
+
+@dataclass
 class PipelineConfig:
     run: RunConfig = field(default_factory=RunConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEModelConfig = field(default_factory=VAEModelConfig)
+    vae_loss: VAELossConfig = field(default_factory=VAELossConfig)
+    vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def preset_path(name: str) -> Path:

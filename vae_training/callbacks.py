@@ -1,0 +1,238 @@
+"""Lightning callbacks of the VA-VAE stages: stopping cleanly, resumable checkpoints, figures, progress.
+
+All of them are DDP-safe: decisions that change control flow are taken on rank 0 and broadcast, checkpoint
+saves are called on every rank (Lightning writes on rank 0), figures are drawn on rank 0 only.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+
+STOP_TIME_BUDGET = "time_budget"
+STOP_AE_STEPS = "stop_after_ae_steps"
+STOP_NONFINITE = "nonfinite"
+
+
+def save_last_checkpoint(trainer: pl.Trainer, path: Path) -> None:
+    """Full training state (optimizers, loops, counters). Lightning writes it atomically on rank 0."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path, weights_only=False)
+
+
+class GracefulStop(pl.Callback):
+    """Stops a stage cleanly with a checkpoint: at a time budget (Kaggle sessions end hard) or a step cap.
+
+    The budget is measured from ``start_time`` (the start of the whole command), so several stages share it.
+    """
+
+    def __init__(self, last_checkpoint: Path, *, deadline: Optional[float] = None,
+                 stop_after_ae_steps: Optional[int] = None):
+        self.last_checkpoint = Path(last_checkpoint)
+        self.deadline = deadline  # time.time() value, or None
+        self.stop_after_ae_steps = stop_after_ae_steps
+
+    def _reason(self, pl_module) -> Optional[str]:
+        if self.deadline is not None and time.time() >= self.deadline:
+            return STOP_TIME_BUDGET
+        if self.stop_after_ae_steps is not None and pl_module.ae_steps >= self.stop_after_ae_steps:
+            return STOP_AE_STEPS
+        return None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.stop_reason is not None:
+            return
+        # Ranks start at slightly different times: rank 0 decides for all, or one rank would wait forever.
+        reason = trainer.strategy.broadcast(self._reason(pl_module), src=0)
+        if reason is None:
+            return
+        pl_module.stop_reason = reason
+        trainer.should_stop = True
+        save_last_checkpoint(trainer, self.last_checkpoint)
+        pl.utilities.rank_zero_info(
+            f"Stopping cleanly ({reason}) at autoencoder step {pl_module.ae_steps}; full state saved to "
+            f"{self.last_checkpoint}. Rerun the same command to continue.")
+
+
+class LastCheckpoint(pl.Callback):
+    """Writes ``last.ckpt`` at each epoch end and every N autoencoder steps (0: epoch ends only)."""
+
+    def __init__(self, path: Path, every_n_ae_steps: int = 0):
+        self.path = Path(path)
+        self.every_n_ae_steps = int(every_n_ae_steps or 0)
+        self._saved_at = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        steps = pl_module.ae_steps
+        if (self.every_n_ae_steps > 0 and steps > 0 and steps % self.every_n_ae_steps == 0
+                and steps != self._saved_at and pl_module.stop_reason is None):
+            save_last_checkpoint(trainer, self.path)
+            self._saved_at = steps
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # After a mid-epoch stop the stopping callback already saved the mid-epoch state; saving here would
+        # mark the epoch as done and skip its remaining batches on resume.
+        if pl_module.stop_reason is None:
+            save_last_checkpoint(trainer, self.path)
+            self._saved_at = pl_module.ae_steps
+
+
+class ValidationHistory(pl.Callback):
+    """Validation metrics of every epoch; kept in the checkpoint so a resumed stage reports all epochs."""
+
+    def __init__(self, prefix: str = "val_"):
+        self.prefix = prefix
+        self.history: list[dict] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        # on_validation_end, not ..._epoch_end: only here are this epoch's aggregated metrics in callback_metrics
+        if trainer.sanity_checking:
+            return
+        row = {"epoch": trainer.current_epoch, "ae_steps": pl_module.ae_steps}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(self.prefix):
+                row[key] = float(value)
+        self.history.append(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class ReconstructionGrid(pl.Callback):
+    """Each epoch: fixed validation images in the top row, their reconstructions below (one PNG per epoch)."""
+
+    def __init__(self, images: torch.Tensor, out_dir: Path):
+        self.images = images  # [N,3,H,W] in [-1,1], chosen once from the validation split
+        self.out_dir = Path(out_dir)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero or self.images.numel() == 0:
+            return
+        from torchvision.utils import save_image
+
+        recon = pl_module.reconstruct_for_display(self.images)
+        grid = torch.cat([self.images.cpu(), recon.cpu()]).clamp(-1, 1) * 0.5 + 0.5
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_image(grid, self.out_dir / f"epoch_{trainer.current_epoch:03d}.png", nrow=len(self.images), padding=2)
+
+
+def read_metric_rows(logs_dir: Path) -> list[dict]:
+    """All rows of every CSVLogger version under ``logs_dir`` (a resumed run writes a new version)."""
+    rows = []
+    for path in sorted(Path(logs_dir).glob("**/metrics.csv"), key=lambda p: p.stat().st_mtime):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                rows.append(row)
+    return rows
+
+
+def plot_loss_curves(logs_dir: Path, out_png: Path, title: str = "") -> Optional[Path]:
+    """One panel per logged term (train_* per step, val_* per epoch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metric_rows(logs_dir)
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        x = row.get("train_ae_step") or row.get("val_ae_step") or row.get("step")
+        if x in (None, ""):
+            continue
+        for key, value in row.items():
+            if key in ("epoch", "step", "train_ae_step", "val_ae_step") or value in (None, ""):
+                continue
+            if not (key.startswith("train_") or key.startswith("val_")):
+                continue
+            series.setdefault(key, []).append((float(x), float(value)))
+    if not series:
+        return None
+    keys = sorted(series)
+    cols = 4
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.6 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        points = sorted(series[key])
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if key.startswith("val_") else None,
+                markersize=3, linewidth=1)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("autoencoder step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+class LossCurves(pl.Callback):
+    """Redraws ``loss_curves.png`` from the CSV logs at every epoch end."""
+
+    def __init__(self, logs_dir: Path, out_png: Path, title: str = ""):
+        self.logs_dir = Path(logs_dir)
+        self.out_png = Path(out_png)
+        self.title = title
+
+    def _draw(self, trainer):
+        if not trainer.is_global_zero:
+            return
+        if trainer.logger is not None:
+            trainer.logger.save()  # flush buffered CSV rows first
+        plot_loss_curves(self.logs_dir, self.out_png, self.title)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._draw(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._draw(trainer)
+
+
+class ProgressPrinter(pl.Callback):
+    """One plain line every N autoencoder steps (readable in notebook cells and log files, unlike a bar)."""
+
+    def __init__(self, stage_name: str, every_n_ae_steps: int, total_ae_steps: Optional[int] = None):
+        self.stage_name = stage_name
+        self.every = max(1, int(every_n_ae_steps))
+        self.total = total_ae_steps
+        self._last_print = None
+        self._t0 = None
+        self._steps0 = 0
+        self._printed_at = -1
+
+    def on_train_start(self, trainer, pl_module):
+        self._t0 = time.time()
+        self._steps0 = pl_module.ae_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        steps = pl_module.ae_steps
+        if not trainer.is_global_zero or steps % self.every != 0 or steps == self._printed_at or steps == 0:
+            return
+        self._printed_at = steps
+        done = steps - self._steps0
+        elapsed = time.time() - (self._t0 or time.time())
+        per_step = elapsed / done if done > 0 else float("nan")
+        metrics = trainer.callback_metrics
+        shown = []
+        for key in ("train_loss", "train_nll", "train_vf", "train_lambda_vf", "train_g_loss", "train_lambda_adv",
+                    "train_disc_loss"):
+            if key in metrics:
+                shown.append(f"{key[6:]}={float(metrics[key]):.4g}")
+        eta = ""
+        if self.total:
+            remaining = max(0, self.total - steps) * per_step
+            eta = f" eta {remaining / 60:.1f} min"
+        total = f"/{self.total}" if self.total else ""
+        print(f"[{self.stage_name}] epoch {trainer.current_epoch} step {steps}{total} "
+              f"({per_step:.2f} s/step{eta}) " + " ".join(shown), flush=True)

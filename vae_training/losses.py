@@ -1,0 +1,279 @@
+"""Loss terms of VA-VAE fine-tuning (DESIGN.md section 3), each a small function, plus their combination.
+
+Generator (autoencoder) objective::
+
+    total = L_nll + kl_weight·L_kl + disc_factor·λ_adv·L_G + λ_vf·L_vf        (L_G only while the GAN is active)
+
+* ``L_nll = Σ_pixels,channels (|x − x̂| + w_p·LPIPS(x, x̂)) / B`` — a sum per sample, mean over the batch.
+* ``L_kl`` — the posterior's KL to N(0, I), summed per sample, mean over the batch. :func:`kl_loss` returns it
+  UNWEIGHTED; the weight (1e-6 in the release) is applied by :func:`generator_loss` from the config.
+* ``L_G = −mean D(x̂)`` (hinge generator loss), ``λ_adv = disc_weight·clamp(‖∇L_nll‖/(‖∇L_G‖+1e-4), 0, 1e4)``
+  on the decoder's last conv weight.
+* ``L_vf = distmat_weight·L_mdms + cos_weight·L_mcos`` between the projected latents and the frozen foundation
+  features; ``λ_vf = vf_weight`` or, with ``adaptive_vf``, ``vf_weight·clamp(‖∇L_nll‖/(‖∇L_vf‖+1e-4), 0, 1e8)``
+  on the encoder's last conv weight.
+
+Adaptive weights need a graph. Where there is none (validation under ``torch.no_grad``, frozen layer) they fall
+back to fixed values: λ_adv → 0 (no GAN term, as in the released code) and λ_vf → vf_weight (the VF term keeps
+its nominal weight, so a validation total stays comparable from epoch to epoch).
+
+Every function returns detached per-sample-normalised numbers for logging next to the loss, so training and
+validation report the same quantities.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+ADV_WEIGHT_MAX = 1e4
+VF_WEIGHT_MAX = 1e8
+ADAPTIVE_EPS = 1e-4
+
+
+@dataclass
+class GeneratorLossConfig:
+    """Weights of the generator objective. The three stage-dependent values have no default on purpose: the
+    stage schedule states them (DESIGN.md section 3 table)."""
+
+    vf_weight: float
+    distmat_margin: float
+    cos_margin: float
+    kl_weight: float = 1e-6
+    perceptual_weight: float = 1.0
+    disc_weight: float = 0.5
+    disc_factor: float = 1.0
+    distmat_weight: float = 1.0
+    cos_weight: float = 1.0
+    # Gradient-norm-ratio VF weight. Off for fine-tuning: on spectrograms it blew the loss up.
+    adaptive_vf: bool = False
+
+    @classmethod
+    def from_mappings(cls, *sections: Mapping[str, Any]) -> GeneratorLossConfig:
+        """Collect the fields from config sections (e.g. ``cfg.vae_loss`` then the stage); later sections win.
+
+        Keys that are not loss weights (``lpips_net``, ``epochs``, ...) belong to other parts of those sections
+        and are skipped; a missing stage value raises.
+        """
+        values: dict[str, Any] = {}
+        for section in sections:
+            for f in fields(cls):
+                if f.name in section and section[f.name] is not None:
+                    values[f.name] = section[f.name]
+        missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING]
+        if missing:
+            raise KeyError(f"Loss config lacks {missing}: every stage must state them (see the stage schedule).")
+        return cls(**{name: (bool(v) if name == "adaptive_vf" else float(v)) for name, v in values.items()})
+
+
+# ------------------------------------------------------------------------------------------- reconstruction
+
+
+def reconstruction_nll(inputs: torch.Tensor, reconstructions: torch.Tensor,
+                       perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                       perceptual_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``L_nll = Σ (|x − x̂| + w_p·LPIPS) / B`` and its parts for logging.
+
+    ``perceptual(x, x̂)`` gives one distance per sample ([B] or [B,1,1,1]); it is broadcast to every pixel and
+    channel, so a sample contributes ``C·H·W·w_p·LPIPS``. Without ``perceptual`` there is no LPIPS term
+    (whatever ``perceptual_weight`` says). Parts: ``nll`` (the loss), ``rec_l1`` (mean |x − x̂| per element) and,
+    with a perceptual network, ``lpips`` (mean per-sample LPIPS) — all detached.
+    """
+    if inputs.shape != reconstructions.shape:
+        raise ValueError(f"inputs {tuple(inputs.shape)} and reconstructions {tuple(reconstructions.shape)} differ.")
+    batch = inputs.shape[0]
+    # fp32: under autocast a bf16 sum over every pixel would keep only about three significant digits.
+    abs_error = (inputs.float() - reconstructions.float()).abs()  # [B,C,H,W]
+    per_pixel = abs_error
+    parts: dict[str, torch.Tensor] = {}
+    if perceptual is not None:
+        lpips_value = per_sample_lpips(perceptual, inputs, reconstructions, with_grad=perceptual_weight != 0)
+        per_pixel = per_pixel + perceptual_weight * lpips_value.float().view(batch, 1, 1, 1)
+        parts["lpips"] = lpips_value.detach().mean()
+    nll = per_pixel.sum() / batch
+    parts["nll"] = nll.detach()
+    parts["rec_l1"] = abs_error.detach().mean()
+    return nll, parts
+
+
+def per_sample_lpips(perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                     reconstructions: torch.Tensor, *, with_grad: bool = True) -> torch.Tensor:
+    """LPIPS distance per sample, shape [B]; inputs in [-1, 1]."""
+    with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+        value = perceptual(inputs, reconstructions)
+    if value.numel() != inputs.shape[0]:
+        raise ValueError(f"The perceptual network returned shape {tuple(value.shape)}; one value per sample is "
+                         f"needed (an LPIPS with spatial=False).")
+    return value.reshape(inputs.shape[0])
+
+
+def kl_loss(posterior) -> torch.Tensor:
+    """KL(q(z|x) ‖ N(0, I)) summed over latent elements, mean over the batch. Unweighted (see module docs)."""
+    if getattr(posterior, "deterministic", False):  # diffusers' kl() would give a CPU tensor([0.]) here
+        return torch.zeros((), device=posterior.mean.device, dtype=posterior.mean.dtype)
+    kl = posterior.kl()  # [B]
+    return kl.sum() / kl.shape[0]
+
+
+# ------------------------------------------------------------------------------------------- adversarial
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator hinge loss: ``0.5·(mean ReLU(1 − D(x)) + mean ReLU(1 + D(x̂)))``."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """Generator side of the hinge GAN: ``−mean D(x̂)``."""
+    return -logits_fake.mean()
+
+
+def discriminator_loss(discriminator: torch.nn.Module, inputs: torch.Tensor, reconstructions: torch.Tensor, *,
+                       disc_factor: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The discriminator's update loss on real images and DETACHED reconstructions, with logs.
+
+    The discriminator's mode is the caller's: in train mode its BatchNorm uses batch statistics (the recipe).
+    """
+    logits_real = discriminator(inputs.detach())  # [B,1,h,w]
+    # Same dtype as the real images: a reconstruction made under autocast may be bf16/fp16 while this runs
+    # outside it.
+    logits_fake = discriminator(reconstructions.detach().to(inputs.dtype))
+    loss = disc_factor * hinge_d_loss(logits_real, logits_fake)
+    logs = {"disc_loss": loss.detach(), "logits_real": logits_real.detach().mean(),
+            "logits_fake": logits_fake.detach().mean()}
+    return loss, logs
+
+
+def adaptive_weight(loss_a: torch.Tensor, loss_b: torch.Tensor, param: torch.nn.Parameter, max_value: float,
+                    eps: float = ADAPTIVE_EPS, *, fallback: float = 0.0) -> torch.Tensor:
+    """``clamp(‖∂loss_a/∂param‖ / (‖∂loss_b/∂param‖ + eps), 0, max_value)``, detached (a 0-d tensor).
+
+    Scales ``loss_b`` so that its gradient at ``param`` is as large as ``loss_a``'s. The graph is kept
+    (``retain_graph``) for the backward pass that follows. A loss that does not reach ``param`` has a zero
+    gradient there. Returns ``fallback`` when no gradient can be taken: grad mode off (validation),
+    ``param`` frozen, or a loss without a graph.
+    """
+    device = param.device
+    if not (torch.is_grad_enabled() and param.requires_grad and loss_a.requires_grad and loss_b.requires_grad):
+        return torch.tensor(float(fallback), device=device)
+    grad_a, grad_b = (torch.autograd.grad(loss, param, retain_graph=True, allow_unused=True)[0]
+                      for loss in (loss_a, loss_b))
+    norm_a, norm_b = (torch.linalg.vector_norm(g.float()) if g is not None else torch.zeros((), device=device)
+                      for g in (grad_a, grad_b))
+    return torch.clamp(norm_a / (norm_b + eps), 0.0, max_value).detach()
+
+
+# ------------------------------------------------------------------------------------------- VF alignment
+
+
+def _unit_vectors_per_position(tensor: torch.Tensor) -> torch.Tensor:
+    """[B,C,h,w] -> [B,C,h·w] with every position's channel vector scaled to unit length (fp32)."""
+    return F.normalize(tensor.float().flatten(2), dim=1)
+
+
+def vf_cosine_loss(projected: torch.Tensor, features: torch.Tensor, margin: float) -> torch.Tensor:
+    """Marginal cosine loss ``mean_i ReLU(1 − margin − cos(z′_i, f_i))``; zero once every cos ≥ 1 − margin."""
+    cos = (_unit_vectors_per_position(projected) * _unit_vectors_per_position(features)).sum(dim=1)  # [B,h·w]
+    return F.relu(1.0 - margin - cos).mean()
+
+
+def vf_distmat_loss(projected: torch.Tensor, features: torch.Tensor, margin: float) -> torch.Tensor:
+    """Marginal distance-matrix loss ``mean_ij ReLU(|cos(z′_i, z′_j) − cos(f_i, f_j)| − margin)``.
+
+    Compares the two sets of position-to-position cosine similarities (diagonal included, where both are 1).
+    """
+    z = _unit_vectors_per_position(projected)
+    f = _unit_vectors_per_position(features)
+    z_sim = torch.einsum("bci,bcj->bij", z, z)  # [B, h·w, h·w]
+    f_sim = torch.einsum("bci,bcj->bij", f, f)
+    return F.relu((z_sim - f_sim).abs() - margin).mean()
+
+
+def vf_loss(projected: torch.Tensor, features: torch.Tensor, *, distmat_margin: float, cos_margin: float,
+            distmat_weight: float = 1.0, cos_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``L_vf = distmat_weight·L_mdms + cos_weight·L_mcos`` of z′ = linear_proj(z) against foundation features.
+
+    Both [B,C,h,w] with the same C and grid. The features are a frozen target: detached here.
+    """
+    if projected.shape != features.shape:
+        raise ValueError(
+            f"Projected latents {tuple(projected.shape)} and foundation features {tuple(features.shape)} must have "
+            f"the same shape: linear_proj must output the foundation's feature dim, and the foundation grid must "
+            f"equal the latent grid (foundation input size = latent side × patch size, e.g. 16 × 14 = 224).")
+    features = features.detach()
+    distmat = vf_distmat_loss(projected, features, distmat_margin)
+    cosine = vf_cosine_loss(projected, features, cos_margin)
+    loss = distmat_weight * distmat + cos_weight * cosine
+    return loss, {"vf": loss.detach(), "vf_distmat": distmat.detach(), "vf_cos": cosine.detach()}
+
+
+# ------------------------------------------------------------------------------------------- combination
+
+
+def generator_loss(
+    inputs: torch.Tensor,
+    reconstructions: torch.Tensor,
+    posterior,
+    *,
+    config: GeneratorLossConfig,
+    disc_active: bool,
+    projected: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    discriminator: torch.nn.Module | None = None,
+    decoder_last_layer: torch.nn.Parameter | None = None,
+    encoder_last_layer: torch.nn.Parameter | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The autoencoder's total loss and a dict of every term (detached) for logging.
+
+    ``disc_active``: whether the GAN term is on (the caller counts autoencoder optimizer steps against
+    ``disc_start``). ``projected``/``features``: z′ and the foundation features; both None means no VF term.
+    ``decoder_last_layer`` / ``encoder_last_layer``: the conv_out weights for λ_adv / adaptive λ_vf.
+
+    Logged keys: nll, rec_l1, lpips (with a perceptual network), kl, g_loss, lambda_adv (the weight applied to
+    g_loss, disc_factor included; 0 while inactive), vf, vf_distmat, vf_cos, lambda_vf (when VF is on), total.
+    """
+    if config.perceptual_weight > 0 and perceptual is None:
+        raise ValueError("perceptual_weight > 0 but no perceptual network was given: pass the LPIPS module "
+                         "(models.perceptual.create_lpips) or set perceptual_weight to 0.")
+    nll, logs = reconstruction_nll(inputs, reconstructions, perceptual, config.perceptual_weight)
+    kl = kl_loss(posterior)
+    total = nll + config.kl_weight * kl
+    logs["kl"] = kl.detach()
+
+    if disc_active:
+        if discriminator is None or decoder_last_layer is None:
+            raise ValueError("disc_active=True needs the discriminator and decoder_last_layer (the decoder's "
+                             "conv_out weight, for the adaptive GAN weight).")
+        g_loss = hinge_g_loss(discriminator(reconstructions))  # D in the caller's mode (train: batch stats)
+        lambda_adv = config.disc_factor * config.disc_weight * adaptive_weight(
+            nll, g_loss, decoder_last_layer, ADV_WEIGHT_MAX, fallback=0.0)
+        total = total + lambda_adv * g_loss
+        logs["g_loss"] = g_loss.detach()
+    else:
+        lambda_adv = torch.zeros((), device=inputs.device)
+        logs["g_loss"] = torch.zeros((), device=inputs.device)
+    logs["lambda_adv"] = lambda_adv.detach()
+
+    if (projected is None) != (features is None):
+        raise ValueError("Give both projected latents and foundation features for the VF loss, or neither.")
+    if projected is not None:
+        vf, vf_logs = vf_loss(projected, features, distmat_margin=config.distmat_margin,
+                              cos_margin=config.cos_margin, distmat_weight=config.distmat_weight,
+                              cos_weight=config.cos_weight)
+        if config.adaptive_vf:
+            if encoder_last_layer is None:
+                raise ValueError("adaptive_vf needs encoder_last_layer (the encoder's conv_out weight).")
+            # Fallback 1.0: without a graph the VF term keeps its nominal weight vf_weight.
+            lambda_vf = config.vf_weight * adaptive_weight(nll, vf, encoder_last_layer, VF_WEIGHT_MAX, fallback=1.0)
+        else:
+            lambda_vf = torch.tensor(config.vf_weight, device=inputs.device)
+        total = total + lambda_vf * vf
+        logs.update(vf_logs)
+        logs["lambda_vf"] = lambda_vf.detach()
+
+    logs["total"] = total.detach()
+    return total, logs

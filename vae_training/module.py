@@ -1,0 +1,375 @@
+"""The Lightning module of one VA-VAE fine-tuning stage (manual optimisation, two optimizers).
+
+Per batch: one autoencoder update (reconstruction NLL + KL + VF alignment + adaptive-weighted GAN term) and,
+once the GAN is active, one discriminator update — the Lightning GAN recipe (toggle_optimizer /
+manual_backward / untoggle_optimizer). Counters that decide behaviour are ours, not Lightning's:
+``ae_steps`` counts autoencoder optimizer steps (Lightning's global_step counts both optimizers).
+
+Validation is deterministic: each batch draws its posterior sample with a torch.Generator seeded from
+``val_seed`` and the batch index, and every validation number (losses, PSNR, L1, LPIPS) is computed on that
+one fixed-seed reconstruction, with the same per-sample normalisation as training.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+
+from vae_training import losses as L
+
+COUNTER_KEY = "vavae_finetune_counters"
+
+
+class _FrozenModules:
+    """Holds frozen helper networks outside the module tree.
+
+    Not registered as submodules on purpose: they stay out of checkpoints (DINOv2-L alone is 1.2 GB), out of
+    the optimizers, and out of DDP (no gradient hooks and no 300M-parameter broadcast at start).
+    """
+
+    def __init__(self, foundation: Optional[torch.nn.Module], perceptual: Optional[torch.nn.Module]):
+        self.foundation = foundation
+        self.perceptual = perceptual
+
+    def modules(self):
+        return [m for m in (self.foundation, self.perceptual) if m is not None]
+
+    def to(self, device):
+        for module in self.modules():
+            module.to(device)
+
+    def eval(self):
+        # Always eval: LPIPS has dropout layers and a ViT may have dropout/drop-path; frozen targets must be
+        # deterministic whatever mode Lightning puts the trainable module in.
+        for module in self.modules():
+            module.eval()
+
+
+def psnr_uint8(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR of two [-1,1] image batches after rounding to uint8 levels, as step5 reports it."""
+    to_u8 = lambda t: ((t.float().clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
+    mse = (to_u8(x) - to_u8(y)).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+
+
+class VAVAEFineTuneModule(pl.LightningModule):
+    def __init__(
+        self,
+        vae: torch.nn.Module,
+        discriminator: torch.nn.Module,
+        *,
+        stage: dict,
+        loss_cfg: dict,
+        train_cfg: dict,
+        perceptual: Optional[torch.nn.Module] = None,
+        foundation: Optional[torch.nn.Module] = None,
+        feature_cache: Any = None,
+        alignment_target: str = "",
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.vae = vae
+        self.discriminator = discriminator
+        self.frozen = _FrozenModules(foundation, perceptual)
+        self.feature_cache = feature_cache
+        self.stage = dict(stage)
+        self.loss_cfg = dict(loss_cfg)
+        self.train_cfg = dict(train_cfg)
+        self.alignment_target = alignment_target
+        # Loss weights: the run-wide ones (vae_loss) with this stage's vf_weight and margins.
+        self.loss_config = L.GeneratorLossConfig.from_mappings(self.loss_cfg, self.stage)
+        self.accumulation = max(1, int(self.train_cfg.get("gradient_accumulation", 1)))
+        self.clip_val = float(self.train_cfg.get("gradient_clip_val") or 0.0)
+        self.clip_algorithm = self.train_cfg.get("gradient_clip_algorithm", "norm")
+        self.max_nonfinite = int(self.train_cfg.get("max_nonfinite_in_a_row", 5))
+        self.val_seed = int(self.train_cfg.get("val_seed", 1234))
+        # Counters saved in checkpoints (on_save_checkpoint) so a resumed stage continues them.
+        self.ae_steps = 0
+        self.disc_steps = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        # Set by callbacks or the non-finite guard; read by the stage runner. Not saved.
+        self.stop_reason: Optional[str] = None
+        self.grad_norms: dict[str, float] = {}
+        self._skip_window = False
+        self.freeze_encoder_levels(int(self.train_cfg.get("freeze_encoder_levels", 0)))
+
+    # ------------------------------------------------------------------------------------------- setup
+
+    def freeze_encoder_levels(self, count: int) -> None:
+        """Freeze the first ``count`` encoder levels (and the input conv that feeds level 0)."""
+        if count <= 0:
+            return
+        levels = list(self.vae.encoder_levels)
+        if count > len(levels):
+            raise ValueError(f"freeze_encoder_levels={count}, but the encoder has {len(levels)} levels.")
+        frozen = levels[:count]
+        conv_in = getattr(getattr(self.vae, "encoder", None), "conv_in", None)
+        if conv_in is not None:
+            frozen.append(conv_in)
+        for module in frozen:
+            module.requires_grad_(False)
+
+    def trainable_vae_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.vae.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        lr = float(self.stage["learning_rate"])
+        betas = (0.5, 0.9)  # the released recipe (both optimizers)
+        opt_ae = torch.optim.Adam(self.trainable_vae_parameters(), lr=lr, betas=betas)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas)
+        return [opt_ae, opt_d]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        self.frozen.to(self.device)
+        self.frozen.eval()
+
+    def on_validation_start(self) -> None:
+        self.frozen.to(self.device)
+
+    def on_train_epoch_end(self) -> None:
+        if self.feature_cache is not None:
+            self.feature_cache.flush()  # persist new features so later stages and reruns reuse them
+
+    def on_validation_epoch_end(self) -> None:
+        if self.feature_cache is not None:
+            self.feature_cache.flush()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        counters = checkpoint.get(COUNTER_KEY)
+        if counters is None:
+            raise KeyError(f"The checkpoint has no '{COUNTER_KEY}' entry: it was not written by this trainer, so "
+                           f"it cannot be resumed. Start the stage from it with init_from instead.")
+        self.ae_steps = int(counters["ae_steps"])
+        self.disc_steps = int(counters["disc_steps"])
+        self.nonfinite_in_a_row = int(counters["nonfinite_in_a_row"])
+        self.nonfinite_total = int(counters["nonfinite_total"])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[COUNTER_KEY] = {
+            "ae_steps": self.ae_steps,
+            "disc_steps": self.disc_steps,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "nonfinite_total": self.nonfinite_total,
+        }
+        # Plain values only, so the file loads with torch.load(weights_only=True) and models.vavae.load_vavae.
+        checkpoint["vavae_config"] = {k: _plain(v) for k, v in dict(self.vae.config).items()}
+        checkpoint["vavae_stage"] = _plain(self.stage)
+        checkpoint["alignment_target"] = self.alignment_target
+
+    # ------------------------------------------------------------------------------------------- pieces
+
+    @property
+    def gan_active(self) -> bool:
+        """GAN term and discriminator updates start once ``disc_start`` autoencoder steps are done."""
+        return self.ae_steps >= int(self.stage["disc_start"])
+
+    @torch.no_grad()
+    def alignment_features(self, batch: dict, x: torch.Tensor) -> torch.Tensor:
+        """Frozen foundation features [B,C,h,w] (fp32), from the cache when there is one (train and val)."""
+        if self.feature_cache is not None:
+            return self.feature_cache.features_for_batch(batch, x, self.frozen.foundation).float()
+        return self.frozen.foundation(x).float()
+
+    def generator_terms(self, x: torch.Tensor, out, features: torch.Tensor, *,
+                        with_gan: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The autoencoder loss and every term of it (vae_training.losses.generator_loss)."""
+        return L.generator_loss(
+            x, out.reconstruction, out.posterior,
+            config=self.loss_config,
+            disc_active=with_gan,
+            projected=out.projected,
+            features=features,
+            perceptual=self.frozen.perceptual if self.loss_config.perceptual_weight > 0 else None,
+            discriminator=self.discriminator if with_gan else None,
+            decoder_last_layer=self.vae.decoder_conv_out_weight,
+            encoder_last_layer=self.vae.encoder_conv_out_weight,
+        )
+
+    def _window(self, batch_idx: int) -> tuple[bool, int]:
+        """(step after this micro-batch?, micro-batches in this accumulation window)."""
+        total = self.trainer.num_training_batches
+        if not isinstance(total, int) or total <= 0 or math.isinf(total):
+            total = batch_idx + self.accumulation  # unknown length: full windows only
+        start = (batch_idx // self.accumulation) * self.accumulation
+        size = min(self.accumulation, total - start)
+        is_step = (batch_idx - start + 1) == size
+        return is_step, size
+
+    def _all_ranks_finite(self, value: torch.Tensor) -> bool:
+        finite = bool(torch.isfinite(value.detach()).all())
+        # Every rank must take the same branch, or DDP's gradient all-reduce waits forever.
+        return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+
+    def _grads_finite(self, params) -> bool:
+        if self.trainer.precision == "16-mixed":
+            return True  # the AMP grad scaler checks (scaled) gradients itself and skips the step if needed
+        finite = bool(torch.isfinite(_total_norm_tensor(params)))  # one device sync, not one per tensor
+        return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+
+    def _nonfinite(self, what: str, opts) -> None:
+        """Skip this accumulation window: drop its gradients, count, and stop after too many in a row."""
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        self._skip_window = True
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        pl.utilities.rank_zero_warn(
+            f"Non-finite {what} at autoencoder step {self.ae_steps}: step skipped "
+            f"({self.nonfinite_in_a_row} in a row, {self.nonfinite_total} in total).")
+        if self.nonfinite_in_a_row >= self.max_nonfinite and self.stop_reason is None:
+            self.stop_reason = "nonfinite"
+            self.trainer.should_stop = True
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def training_step(self, batch: dict, batch_idx: int):
+        opt_ae, opt_d = self.optimizers()
+        is_step, window = self._window(batch_idx)
+        if batch_idx % self.accumulation == 0:
+            self._skip_window = False
+        x = batch["image"]
+        features = self.alignment_features(batch, x)
+        gan = self.gan_active
+
+        # ---- autoencoder update (the discriminator is frozen by toggle_optimizer while it runs)
+        self.toggle_optimizer(opt_ae)
+        out = self.vae(x, sample=True)  # posterior sample, as in the released training
+        loss, terms = self.generator_terms(x, out, features, with_gan=gan)
+        ae_ok = self._all_ranks_finite(loss)
+        if not ae_ok:
+            self._nonfinite("autoencoder loss", [opt_ae, opt_d])
+        elif not self._skip_window:
+            self.manual_backward(loss / window)  # mean over the accumulation window
+            if is_step:
+                if self._grads_finite(self.trainable_vae_parameters()):
+                    opt_ae.step()  # clipping happens in on_before_optimizer_step (after AMP unscaling)
+                    self.ae_steps += 1
+                    self.nonfinite_in_a_row = 0
+                else:
+                    self._nonfinite("autoencoder gradient", [opt_ae, opt_d])
+                opt_ae.zero_grad(set_to_none=True)
+        self.untoggle_optimizer(opt_ae)
+
+        # ---- discriminator update (only once the GAN is active, on detached reconstructions)
+        d_log: dict[str, torch.Tensor] = {}
+        if gan and ae_ok and not self._skip_window:
+            self.toggle_optimizer(opt_d)
+            d_loss, d_log = L.discriminator_loss(self.discriminator, x, out.reconstruction)
+            if self._all_ranks_finite(d_loss):
+                self.manual_backward(d_loss / window)
+                if is_step:
+                    if self._grads_finite(self.discriminator.parameters()):
+                        opt_d.step()
+                        self.disc_steps += 1
+                    opt_d.zero_grad(set_to_none=True)
+            else:
+                opt_d.zero_grad(set_to_none=True)
+                pl.utilities.rank_zero_warn(f"Non-finite discriminator loss at autoencoder step {self.ae_steps}: "
+                                            f"discriminator step skipped.")
+            self.untoggle_optimizer(opt_d)
+        else:
+            zero = torch.zeros((), device=x.device)
+            d_log = {"disc_loss": zero, "logits_real": zero, "logits_fake": zero}
+
+        self._log_train(loss, terms, d_log, gan, x.shape[0])
+        if self.stop_reason == "nonfinite":
+            pl.utilities.rank_zero_warn(
+                f"Stopping: {self.nonfinite_in_a_row} non-finite losses/gradients in a row. Try a lower "
+                f"--learning_rate, --gradient_clip_val, fp32 (--precision 32) or --detect_anomaly.")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Gradient clipping that really applies under manual optimisation.
+
+        Trainer(gradient_clip_val=...) is refused with manual optimisation, so we clip here: this hook runs
+        right before the step and, with 16-mixed, after the gradients were unscaled.
+        """
+        name = "ae" if optimizer is self.optimizers()[0].optimizer else "disc"
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.grad_norms[f"{name}_before_clip"] = _total_norm(params)
+        if self.clip_val > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.clip_val,
+                                gradient_clip_algorithm=self.clip_algorithm)
+            self.grad_norms[f"{name}_after_clip"] = _total_norm(params)
+
+    def _log_train(self, loss: torch.Tensor, terms: dict, d_log: dict, gan: bool, batch_size: int) -> None:
+        values = {f"train_{k}": v.detach().float() for k, v in terms.items() if k != "total"}
+        values["train_loss"] = loss.detach().float()
+        values.update({f"train_{k}": v.float() for k, v in d_log.items()})
+        values["train_gan_active"] = torch.tensor(float(gan))
+        values["train_ae_step"] = torch.tensor(float(self.ae_steps))
+        values["train_nonfinite_total"] = torch.tensor(float(self.nonfinite_total))
+        if "ae_before_clip" in self.grad_norms:
+            values["train_grad_norm_ae"] = torch.tensor(self.grad_norms["ae_before_clip"])
+        if "disc_before_clip" in self.grad_norms:
+            values["train_grad_norm_disc"] = torch.tensor(self.grad_norms["disc_before_clip"])
+        values["train_lr"] = torch.tensor(float(self.optimizers()[0].param_groups[0]["lr"]))
+        self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=False)
+
+    # ------------------------------------------------------------------------------------------- validation
+
+    def _val_generator(self, batch_idx: int) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        # Distinct per rank so DDP ranks (which see different batches) do not share noise; fixed per epoch.
+        generator.manual_seed(self.val_seed + 1_000_003 * batch_idx + self.global_rank)
+        return generator
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        x = batch["image"]
+        out = self.vae(x, sample=True, generator=self._val_generator(batch_idx))
+        features = self.alignment_features(batch, x)
+        # GAN term skipped: the discriminator is still moving, so its value does not compare across epochs.
+        # Adaptive weights fall back to their nominal values without a graph (see vae_training.losses).
+        loss, terms = self.generator_terms(x, out, features, with_gan=False)
+        recon = out.reconstruction.float()
+        values = {f"val_{k}": v.detach().float() for k, v in terms.items()
+                  if k in ("nll", "rec_l1", "kl", "vf", "vf_distmat", "vf_cos")}
+        values["val_loss"] = loss.detach().float()
+        values["val_psnr"] = psnr_uint8(x, recon).mean()
+        values["val_l1"] = (x.float() - recon).abs().flatten(1).mean(1).mean()
+        if "lpips" in terms:  # mean of per-sample LPIPS, as in the training NLL
+            values["val_lpips"] = terms["lpips"].float()
+        elif self.frozen.perceptual is not None:
+            values["val_lpips"] = L.per_sample_lpips(self.frozen.perceptual, x.float(), recon).mean()
+        values["val_ae_step"] = torch.tensor(float(self.ae_steps), device=x.device)
+        self.log_dict(values, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+
+    @torch.no_grad()
+    def reconstruct_for_display(self, images: torch.Tensor) -> torch.Tensor:
+        """Reconstructions of fixed images, exactly as validation makes them (fixed-seed posterior sample)."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.vae(images.to(self.device), sample=True, generator=self._val_generator(0))
+            return out.reconstruction.float().cpu()
+        finally:
+            self.train(was_training)
+
+
+def _total_norm_tensor(params) -> torch.Tensor:
+    """L2 norm over all gradients (0-d tensor; inf/nan when any gradient is)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+def _total_norm(params) -> float:
+    return float(_total_norm_tensor(params))
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

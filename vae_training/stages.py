@@ -1,0 +1,272 @@
+"""The stage schedule (data from the schedule YAML) and the run folder each stage writes.
+
+A stage's folder is ``<work_dir>/vae/<stage name>/``::
+
+    config.yaml          resolved config of the run (written at the stage's first start)
+    stage_result.json    status, chosen (best validation metric) and last checkpoints, metrics, alignment target
+    checkpoints/         last.ckpt (full training state) and epoch=NNN-val_psnr=XX.XX.ckpt (weights only)
+    logs/                CSV logs, one version folder per run segment (a resumed run adds one)
+    reconstructions/     epoch_NNN.png: fixed validation inputs above, reconstructions below
+    loss_curves.png      every logged loss term and adaptive weight
+
+Later stages and later pipeline steps find checkpoints only through ``stage_result.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from microdoppler_finetune.config import REPO_ROOT, VAEStageConfig
+
+STAGE_FIELDS = tuple(VAEStageConfig.__dataclass_fields__)
+# init_from values that do not name an earlier stage.
+INIT_PRETRAINED = "pretrained"
+INIT_RANDOM = "random"
+
+STATUS_FINISHED = "finished"
+STATUS_RUNNING = "running"
+STATUS_INTERRUPTED = "interrupted"  # time budget or stop_after_ae_steps: rerun the same command to continue
+STATUS_NONFINITE = "stopped_nonfinite"  # too many non-finite losses in a row: needs a change, not a rerun
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+
+
+def schedule_path(name: str | Path) -> Path:
+    """The schedule file: as given, else relative to the repository (the default is a repo-relative path)."""
+    path = Path(name)
+    for candidate in (path, REPO_ROOT / path, Path(__file__).parent / path.name):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"Stage schedule {name} not found (looked in the current folder and in {REPO_ROOT}). Set "
+        f"vae_train.schedule to a YAML file with a vae_train.stages list, e.g. vae_training/vavae_microdoppler_config.yaml."
+    )
+
+
+def _check_stage(stage: dict, where: str) -> None:
+    missing = [k for k in STAGE_FIELDS if stage.get(k) is None or stage.get(k) == "???"]
+    if missing:
+        raise ValueError(f"{where}: stage '{stage.get('name', '?')}' lacks {', '.join(missing)}. Every stage "
+                         f"states all of: {', '.join(STAGE_FIELDS)}.")
+    unknown = sorted(set(stage) - set(STAGE_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: stage '{stage['name']}' has unknown field(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(STAGE_FIELDS)}.")
+    if int(stage["epochs"]) < 1 or float(stage["learning_rate"]) <= 0 or int(stage["disc_start"]) < 0:
+        raise ValueError(f"{where}: stage '{stage['name']}' needs epochs >= 1, learning_rate > 0, disc_start >= 0.")
+
+
+def resolve_stages(cfg: DictConfig) -> list[dict]:
+    """The stage list this config trains: the schedule, then stage_overrides, then run-wide lr/epochs."""
+    train = cfg.vae_train
+    if len(train.stages) > 0:
+        raw = OmegaConf.to_container(train.stages, resolve=True, throw_on_missing=False)
+        where = "vae_train.stages"
+    else:
+        path = schedule_path(train.schedule)
+        loaded = OmegaConf.load(path)
+        if "vae_train" not in loaded or "stages" not in loaded.vae_train:
+            raise ValueError(f"{path} has no vae_train.stages list.")
+        raw = OmegaConf.to_container(loaded.vae_train.stages, resolve=True)
+        where = str(path)
+    stages = [dict(s) for s in raw]
+    names = [s.get("name") for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: stage names must be unique, got {names}.")
+    overrides = OmegaConf.to_container(train.stage_overrides, resolve=True) if train.stage_overrides else {}
+    for name, changes in overrides.items():
+        if name not in names:
+            raise ValueError(f"vae_train.stage_overrides names stage '{name}', but the schedule has {names}.")
+        stages[names.index(name)].update(changes)
+    for stage in stages:
+        if train.learning_rate is not None:
+            stage["learning_rate"] = float(train.learning_rate)
+        if train.epochs is not None:
+            stage["epochs"] = int(train.epochs)
+        _check_stage(stage, where)
+        init = stage["init_from"]
+        if init not in (INIT_PRETRAINED, INIT_RANDOM) and init not in names[: names.index(stage["name"])]:
+            raise ValueError(f"{where}: stage '{stage['name']}' has init_from '{init}'; use '{INIT_PRETRAINED}', "
+                             f"'{INIT_RANDOM}' or the name of an earlier stage ({names[: names.index(stage['name'])]}).")
+    return stages
+
+
+def select_stages(stages: list[dict], selection: Optional[Sequence[int | str] | str]) -> list[dict]:
+    """--stages 1,2,3 (1-based positions) or stage names; None: all."""
+    if selection is None:
+        return list(stages)
+    if isinstance(selection, str):
+        selection = [s for s in selection.replace(" ", "").split(",") if s]
+    chosen = []
+    for item in selection:
+        text = str(item)
+        if text.isdigit():
+            index = int(text) - 1
+            if not 0 <= index < len(stages):
+                raise ValueError(f"--stages {text}: the schedule has stages 1..{len(stages)}.")
+            chosen.append(stages[index])
+        else:
+            matches = [s for s in stages if s["name"] == text]
+            if not matches:
+                raise ValueError(f"--stages {text}: no such stage; the schedule has {[s['name'] for s in stages]}.")
+            chosen.append(matches[0])
+    order = [s["name"] for s in stages]
+    return sorted({s["name"]: s for s in chosen}.values(), key=lambda s: order.index(s["name"]))
+
+
+# ----------------------------------------------------------------------------------------------- time budget
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*"
+                       r"(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(text: Optional[str | float | int]) -> Optional[float]:
+    """'11h30m', '90s', '1.5h', '45m', '3600' -> seconds; None/'' -> None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = _DURATION.match(str(text).lower())
+    if not match or not any(match.groups()):
+        raise ValueError(f"Time budget '{text}' not understood: write e.g. 11h30m, 45m, 90s or 1.5h.")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"Time budget '{text}' must be positive.")
+    return total
+
+
+# ----------------------------------------------------------------------------------------------- run folder
+
+
+@dataclass
+class StageResult:
+    """What a stage leaves for the next stage and for step5 (``stage_result.json``)."""
+
+    stage: str
+    status: str
+    chosen_checkpoint: Optional[str] = None  # best validation metric (weights only)
+    last_checkpoint: Optional[str] = None  # full training state, for resuming
+    monitor: str = "val_psnr"
+    chosen_metric: Optional[float] = None
+    epochs_done: int = 0
+    ae_steps: int = 0
+    global_step: int = 0
+    alignment_target: str = ""
+    perceptual: str = ""
+    init_from: str = ""
+    init_checkpoint: Optional[str] = None
+    message: str = ""
+    nonfinite_skipped_total: int = 0
+    val_history: list = field(default_factory=list)  # one dict of validation metrics per epoch
+    stage_config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StageFolder:
+    """Paths inside one stage's run folder."""
+
+    RESULT = "stage_result.json"
+
+    def __init__(self, vae_dir: str | Path, stage_name: str):
+        self.root = Path(vae_dir) / stage_name
+        self.name = stage_name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def result_file(self) -> Path:
+        return self.root / self.RESULT
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def reconstructions(self) -> Path:
+        return self.root / "reconstructions"
+
+    @property
+    def loss_curves(self) -> Path:
+        return self.root / "loss_curves.png"
+
+    def read_result(self) -> Optional[StageResult]:
+        if not self.result_file.is_file():
+            return None
+        try:
+            data = json.loads(self.result_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(f"{self.result_file} is not valid JSON ({exc}). Delete it to retrain or resume "
+                               f"the stage from {self.last_checkpoint}.") from exc
+        known = set(StageResult.__dataclass_fields__)
+        return StageResult(**{k: v for k, v in data.items() if k in known})
+
+    def write_result(self, result: StageResult) -> Path:
+        """Atomic write, so a kill mid-write never leaves a half file that later stages would trust."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.result_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        os.replace(tmp, self.result_file)
+        return self.result_file
+
+    def relative(self, path: Optional[str | Path]) -> Optional[str]:
+        """Paths in stage_result.json are relative to the stage folder, so a moved work_dir still works."""
+        if path is None or str(path) == "":
+            return None
+        path = Path(path)
+        try:
+            return str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path.resolve())
+
+    def resolve(self, path: Optional[str]) -> Optional[Path]:
+        if not path:
+            return None
+        return Path(path) if Path(path).is_absolute() else self.root / path
+
+    def is_finished(self) -> bool:
+        result = self.read_result()
+        return result is not None and result.status == STATUS_FINISHED
+
+    def chosen_checkpoint(self) -> Path:
+        """The checkpoint a later stage starts from; a clear error when the stage has not finished."""
+        result = self.read_result()
+        if result is None or result.status != STATUS_FINISHED:
+            state = "has not run" if result is None else f"is '{result.status}' ({result.message})"
+            raise RuntimeError(
+                f"Stage '{self.name}' {state}: {self.result_file} does not name a finished stage. Run that stage "
+                f"first (e.g. --stages with its number), or rerun the same command to resume it.")
+        chosen = self.resolve(result.chosen_checkpoint)
+        if chosen is not None and chosen.is_file():
+            return chosen
+        last = self.resolve(result.last_checkpoint)
+        if last is not None and last.is_file():
+            print(f"WARNING: stage '{self.name}': its chosen checkpoint {result.chosen_checkpoint} is missing; "
+                  f"using its last checkpoint {last} instead.", flush=True)
+            return last
+        raise FileNotFoundError(
+            f"{self.result_file} names {result.chosen_checkpoint} and {result.last_checkpoint}, but neither exists. "
+            f"Restore the checkpoints or retrain stage '{self.name}'.")
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
