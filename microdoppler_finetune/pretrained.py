@@ -279,9 +279,8 @@ def _file_record(path: Path, origin: str, remote: Optional[RemoteFile], previous
                  expected: Expected, rehash: bool, log: Callable[[str], None]) -> dict:
     """Size + sha256 of ``path`` checked against ``expected``; ``previous`` (same path) saves re-hashing."""
     stat = path.stat()
-    recorded_hint = ("" if expected.label in ("registry", "hub") and "earlier" not in expected.source else
-                     " If you replaced the file on purpose, remove its entry from pretrained_index.json "
-                     "(or the whole index) so the new file is recorded.")
+    recorded_hint = (" If you replaced the file on purpose, remove its entry from pretrained_index.json (or the "
+                     "whole index) so the new file is recorded." if "earlier run" in expected.source else "")
     if expected.size is not None and stat.st_size != expected.size:
         raise VerificationError(f"{path}: size {stat.st_size} bytes, expected {expected.size} ({expected.source}). "
                                 f"The file is incomplete or a different file; delete it and run step2 again."
@@ -393,10 +392,6 @@ class DownloadResult:
         return not self.missing
 
 
-class PretrainedUnavailable(RuntimeError):
-    """Some requested files are neither local nor downloadable; the message says how to provide them."""
-
-
 def missing_files_message(result: DownloadResult, local_dirs: Sequence[PathLike], kaggle: bool) -> str:
     lines = [f"Missing pretrained files ({result.offline_reason or 'not found'}):"]
     for miss in result.missing:
@@ -469,50 +464,60 @@ def download_pretrained(what: Sequence[str] = DEFAULT_WHAT, *, cache_dir: Option
     return result
 
 
-def _provide_file(key: str, remote: RemoteFile, cache: Path, entry: dict, found_locally: dict,
-                  hub: HubAccess, rehash: bool, log: Callable[[str], None]) -> Optional[Path]:
-    previous = entry["files"].get(remote.filename)
-    cached = cache / key / remote.filename
+def _local_candidates(key: str, remote: RemoteFile, cache: Path, previous: Optional[dict],
+                      found_locally: dict) -> list[tuple[Path, str]]:
+    """Local copies of ``remote``, best first: last run's file, our cache, --local_dir / Kaggle inputs."""
     candidates: list[tuple[Path, str]] = []
+    if previous and previous.get("path") and Path(previous["path"]).is_file():
+        candidates.append((Path(previous["path"]), previous.get("origin", "cache")))
+    cached = cache / key / remote.filename
     if cached.is_file():
         candidates.append((cached, "cache"))
     for name in (remote.filename, *remote.local_names):
         for path in found_locally.get(name, []):
-            if name != remote.filename or remote.accept is None or remote.accept(path):
-                origin = "kaggle-input" if str(path).startswith(str(kaggle_input_root())) else "local-dir"
-                candidates.append((path, origin))
-    if previous and previous.get("path") and Path(previous["path"]).is_file():
-        candidates.insert(0, (Path(previous["path"]), previous.get("origin", "cache")))
+            if name == remote.filename and remote.accept is not None and not remote.accept(path):
+                continue
+            origin = "kaggle-input" if str(path).startswith(str(kaggle_input_root())) else "local-dir"
+            candidates.append((path, origin))
+    unique, seen = [], set()
     for path, origin in candidates:
-        is_original_name = path.name == remote.filename
-        # Hashes of the Hub/registry apply to the released file name only (local_names may be other formats).
-        expected = _expected_for(remote, previous if (previous and Path(previous.get("path", "")).name == path.name)
-                                 else None, None) if is_original_name else Expected()
-        record = _file_record(path, origin, remote, previous if previous and previous.get("path") == str(path)
-                              else None, expected, rehash, log)
-        if is_original_name and record["sha256_source"] == "first-use" and not (remote.sha256 or remote.size):
-            # Opportunistic check against the Hub when it is reachable (no download needed).
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append((path, origin))
+    return unique
+
+
+def _provide_file(key: str, remote: RemoteFile, cache: Path, entry: dict, found_locally: dict,
+                  hub: HubAccess, rehash: bool, log: Callable[[str], None]) -> Optional[Path]:
+    """A verified local path of ``remote`` (found or downloaded), or None when it cannot be had."""
+    previous = entry["files"].get(remote.filename)
+    for path, origin in _local_candidates(key, remote, cache, previous, found_locally):
+        if path.name == remote.filename:
+            # The recorded hash belongs to the content, wherever that copy sits now.
+            expected = _expected_for(remote, previous, None)
+        else:
+            expected = Expected()  # another format of the same weights (e.g. Meta's DINOv2 .pth): hash recorded only
+        same_path = previous if previous and previous.get("path") == str(path) else None
+        record = _file_record(path, origin, remote, same_path, expected, rehash, log)
+        if path.name == remote.filename and record["sha256_source"] == "first-use":
+            # Check against the Hub when it is reachable (metadata only, no download).
             meta = hub.metadata(remote)
             if meta and meta.get("sha256"):
-                if record["sha256"] != meta["sha256"] or (meta.get("size") and record["size"] != meta["size"]):
-                    raise VerificationError(f"{path}: sha256 {record['sha256']} differs from the Hub's "
-                                            f"{meta['sha256']} for {remote.url}. Not the released file.")
-                record["sha256_source"] = "hub"
+                record = _file_record(path, origin, remote, record, _expected_for(remote, None, meta), False, log)
         entry["files"][remote.filename] = record
-        log(f"  {remote.filename}: {origin} {path} ({record['size'] / 1e6:.1f} MB, sha256 {record['sha256'][:12]}…, "
+        log(f"  {remote.filename}: {origin} {path} ({record['size'] / 1e6:.1f} MB, sha256 {record['sha256'][:12]}..., "
             f"{record['sha256_source']})")
         return path
     meta = hub.metadata(remote)
     if meta is None:
         log(f"  {remote.filename}: not found locally; {hub.reason}")
         return None
-    log(f"  {remote.filename}: downloading from {remote.repo_id} "
-        f"({(meta.get('size') or 0) / 1e9:.2f} GB) into {cache / key} ...")
+    size = f"{meta['size'] / 1e9:.2f} GB" if meta.get("size") else "size unknown"
+    log(f"  {remote.filename}: downloading from {remote.repo_id} ({size}) into {cache / key} ...")
     path = hub.download(remote, cache / key)
-    expected = _expected_for(remote, None, meta)
-    record = _file_record(path, "hub", remote, None, expected, True, log)
+    record = _file_record(path, "hub", remote, None, _expected_for(remote, None, meta), True, log)
     entry["files"][remote.filename] = record
-    log(f"  {remote.filename}: downloaded, sha256 {record['sha256'][:12]}… ({record['sha256_source']})")
+    log(f"  {remote.filename}: downloaded, sha256 {record['sha256'][:12]}... ({record['sha256_source']})")
     return path
 
 
@@ -530,7 +535,7 @@ def _converted_vavae_ready(cache: Path, entry: dict, found_locally: dict, rehash
         entry["converted"] = checked
         entry["primary"] = record["path"]
         entry["ready"] = True
-        log(f"  {VAVAE_CONVERTED_NAME}: converted earlier from sha256 {str(record.get('source_sha256'))[:12]}…")
+        log(f"  {VAVAE_CONVERTED_NAME}: converted earlier from sha256 {str(record.get('source_sha256'))[:12]}...")
         return True
     attached = found_locally.get(VAVAE_CONVERTED_NAME, [])
     if attached:
@@ -540,7 +545,7 @@ def _converted_vavae_ready(cache: Path, entry: dict, found_locally: dict, rehash
         entry["converted"] = checked
         entry["primary"] = str(path)
         entry["ready"] = True
-        log(f"  {VAVAE_CONVERTED_NAME}: using attached conversion {path} (sha256 {checked['sha256'][:12]}…, "
+        log(f"  {VAVAE_CONVERTED_NAME}: using attached conversion {path} (sha256 {checked['sha256'][:12]}..., "
             f"first-use)")
         return True
     return False
@@ -564,7 +569,7 @@ def _convert_vavae(cache: Path, entry: dict, paths: dict, trust_pickle: bool, re
     except PickleRefusedError as exc:
         raise PickleRefusedError(
             f"{paths[pt_name]} must be unpickled once to convert it to safetensors, but its sha256 "
-            f"({pt_record['sha256'][:16]}…) was never checked against the Hugging Face Hub (it was found locally "
+            f"({pt_record['sha256'][:16]}...) was never checked against the Hugging Face Hub (it was found locally "
             f"while offline). Either run step2 once with internet access (the Hub's hash is then recorded), or pass "
             f"--trust_pickle if you trust this copy."
         ) from exc
