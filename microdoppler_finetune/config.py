@@ -154,6 +154,98 @@ class ExportConfig:
 
 
 @dataclass
+class DiTUnfreezeStep:
+    """One entry of a gradual-unfreeze schedule: from ``step`` on, the last ``last_blocks`` blocks train."""
+
+    step: int = MISSING
+    last_blocks: int = MISSING  # 0: no transformer block trains; a number >= depth: every block trains
+
+
+@dataclass
+class DiTFinetuneConfig:
+    """Fine-tuning a pretrained DiT (the released LightningDiT-XL or one of our checkpoints)."""
+
+    init_from: Optional[str] = None  # released LightningDiT .pt or our {step:07d}.pt; None: random init
+    init_weights: str = "ema"  # which weights of init_from: ema (as released for sampling) or model
+    trust_pickle: bool = False  # allow a pickled init_from file: only for files you trust
+    # Freeze every parameter except `always_trainable` (plus LoRA adapters and the unfreeze schedule's blocks).
+    freeze_backbone: bool = False
+    always_trainable: List[str] = field(default_factory=lambda: ["y_embedder", "condition_embedder"])
+    lora_rank: int = 0  # > 0: train LoRA adapters (peft) on `lora_targets` of the frozen backbone
+    lora_alpha: Optional[float] = None  # None: equal to the rank (scale 1)
+    lora_targets: List[str] = field(default_factory=lambda: ["qkv", "proj", "w12", "w3"])
+    # Dropout (the guide uses 0.15 against over-fitting): on the LoRA adapters' inputs, and on attention/MLP
+    # outputs when the DiT has dropout settings.
+    dropout: float = 0.0
+    contrastive_weight: float = 0.0  # supervised-contrastive loss on pooled DiT features (the guide: 0.3)
+    contrastive_temperature: float = 0.1
+    # Gradual unfreezing, as data: e.g. [{step: 0, last_blocks: 0}, {step: 5000, last_blocks: 4}].
+    unfreeze_schedule: List[DiTUnfreezeStep] = field(default_factory=list)
+
+
+@dataclass
+class DiTTrainConfig:
+    """How the DiT is trained (plain PyTorch loop; DDP under torchrun)."""
+
+    steps: int = 100000  # optimizer steps in total (a resumed run continues to this number)
+    batch_size: int = 32  # per device
+    learning_rate: float = 1.0e-4
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 0  # linear warm-up of the learning rate, then constant
+    grad_clip: float = 1.0  # max gradient norm; 0: no clipping
+    ema_decay: float = 0.9999
+    # auto: fp16 + GradScaler on CUDA GPUs without bf16 (T4, P100), bf16 where supported, fp32 on the CPU.
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
+    resample_latents: bool = True  # draw a fresh posterior sample of each latent every time it is read
+    time_budget: Optional[str] = None  # e.g. "11h30m": save and stop cleanly; rerun to continue
+    seed: int = 0
+    num_workers: int = 0  # latents live in memory: loader workers rarely help
+    log_every: int = 50
+    val_every: int = 1000
+    sample_every: int = 5000  # sample grid (one row per person); 0: never
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3  # newest {step:07d}.pt files kept (best.pt is kept apart)
+    val_seed: int = 1234  # fixed noise and timesteps of the validation loss
+    val_timesteps: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    max_nonfinite_in_a_row: int = 5  # skipped steps with a non-finite loss before training stops
+    grid_steps: int = 50  # sampler steps of the training-time sample grids
+    grid_per_person: int = 4
+
+
+@dataclass
+class DiTSampleConfig:
+    """Generation with a trained DiT (sample_dit.py); the sampler defaults are the release's."""
+
+    per_person: int = 16
+    steps: int = 250
+    sampler: str = "euler"  # euler | heun
+    cfg_scale: float = 6.7
+    cfg_interval_start: float = 0.125  # guidance only for t above this (t=0 is noise)
+    shift: float = 0.3  # timestep shift s: t' = s*t / (1 + (s-1)*t)
+    seed: int = 0
+    batch_size: int = 16
+    image_size: Optional[int] = None  # None: the size the latent cache was encoded at
+    use_ema: bool = True
+
+
+@dataclass
+class DiTConfig:
+    """The person- (and walking-condition-) conditioned DiT on the VA-VAE latent cache."""
+
+    model: str = "S/2"  # models.dit.DIT_PRESETS name; our users' working model was S/2-like
+    model_overrides: Dict[str, Any] = field(default_factory=dict)  # e.g. {qk_norm: true}
+    use_conditions: Optional[bool] = None  # None: when the latent cache has more than one walking condition
+    vae_encoder: Optional[str] = None  # exported encoder folder; None: <work_dir>/export/vavae_encoder_for_dit
+    latent_cache: Optional[str] = None  # None: <work_dir>/latents (built by step5's cache part when missing)
+    run_dir: Optional[str] = None  # None: <work_dir>/dit
+    train: DiTTrainConfig = field(default_factory=DiTTrainConfig)
+    finetune: DiTFinetuneConfig = field(default_factory=DiTFinetuneConfig)
+    sample: DiTSampleConfig = field(default_factory=DiTSampleConfig)
+
+
+@dataclass
 class PipelineConfig:
     run: RunConfig = field(default_factory=RunConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
@@ -162,6 +254,7 @@ class PipelineConfig:
     vae_loss: VAELossConfig = field(default_factory=VAELossConfig)
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
 
 
 def preset_path(name: str) -> Path:

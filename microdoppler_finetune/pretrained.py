@@ -178,7 +178,7 @@ def load_index(cache_dir: PathLike) -> dict:
     try:
         index = json.loads(path.read_text())
     except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}). Delete it; step2 rebuilds it (files are re-hashed).")
+        raise ValueError(f"{path} is not valid JSON ({exc}). Delete it; step2 rebuilds it (files are re-hashed).") from exc
     index.setdefault("items", {})
     return index
 

@@ -241,6 +241,56 @@ def _registered_local_weights(name: str) -> Optional[Path]:
     return find_pretrained(item) if item else None
 
 
+def _hub_id(name: str) -> Optional[str]:
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - unknown names are reported by timm.create_model later
+        return None
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def _hub_cached_weights(hub_id: Optional[str]) -> Optional[Path]:
+    """timm's weights already in the Hugging Face cache (a previous online run): usable offline."""
+    if not hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        cached = try_to_load_from_cache(hub_id, filename)
+        if isinstance(cached, str) and Path(cached).is_file():
+            return Path(cached)
+    return None
+
+
+def _hub_unreachable_reason(hub_id: Optional[str], timeout: float = 10.0) -> Optional[str]:
+    """Why the Hub cannot serve ``hub_id`` right now (None: reachable). One request, no retries.
+
+    Without this, an offline machine waits a minute in huggingface_hub's retry loop before timm gives up.
+    """
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    if not hub_id:
+        return None
+    import inspect
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    kwargs = {"timeout": timeout}
+    if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:
+        kwargs["retry_on_errors"] = False
+    try:
+        get_hf_file_metadata(hf_hub_url(hub_id, "model.safetensors"), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - connection errors differ between huggingface_hub versions
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status is not None and status < 500:
+            return None  # the Hub answered; let timm find the right file
+        return f"cannot reach the Hugging Face Hub: {type(exc).__name__}"
+    return None
+
+
 def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained: bool = True,
                             checkpoint_path: Optional[PathLike] = None, latent_size: Union[int, Sequence[int]] = 16,
                             imagenet_norm: bool = False, model_kwargs: Optional[dict] = None,
@@ -255,8 +305,9 @@ def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained:
 
     model_kwargs = dict(model_kwargs or {})
     arch, tag = split_model_name(name)
-    if checkpoint_path is None and pretrained:
-        checkpoint_path = _registered_local_weights(name)
+    if checkpoint_path is None and pretrained and not model_kwargs:
+        # Local copies first: step2's cache / Kaggle inputs, then the Hugging Face cache of an earlier download.
+        checkpoint_path = _registered_local_weights(name) or _hub_cached_weights(_hub_id(name))
     if checkpoint_path is not None:
         backbone, name = _load_backbone_from_file(name, checkpoint_path, model_kwargs, trust_pickle)
         weights = f"file:{Path(checkpoint_path).name}"
@@ -265,6 +316,9 @@ def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained:
             raise ValueError(f"model_kwargs {model_kwargs} change the architecture of '{name}'; pretrained weights "
                              f"would not fit. Use pretrained=False or a matching checkpoint_path.")
         try:
+            offline = _hub_unreachable_reason(_hub_id(name))
+            if offline:
+                raise ConnectionError(f"{offline}, and the weights are not in any local cache")
             # dynamic_img_size: pos_embed is resampled to the grid at each call, as the release does.
             backbone = timm.create_model(name, pretrained=True, dynamic_img_size=True)
         except Exception as exc:  # noqa: BLE001 - offline, missing cache, hub errors: one clear message

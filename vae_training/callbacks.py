@@ -32,10 +32,13 @@ class GracefulStop(pl.Callback):
     """
 
     def __init__(self, last_checkpoint: Path, *, deadline: Optional[float] = None,
-                 stop_after_ae_steps: Optional[int] = None):
+                 stop_after_ae_steps: Optional[int] = None, nonfinite_checkpoint: Optional[Path] = None):
         self.last_checkpoint = Path(last_checkpoint)
         self.deadline = deadline  # time.time() value, or None
         self.stop_after_ae_steps = stop_after_ae_steps
+        # Where the state is saved when the module stops on non-finite losses (last.ckpt keeps the last good one).
+        self.nonfinite_checkpoint = Path(nonfinite_checkpoint) if nonfinite_checkpoint else None
+        self._saved_nonfinite = False
 
     def _reason(self, pl_module) -> Optional[str]:
         if self.deadline is not None and time.time() >= self.deadline:
@@ -45,6 +48,9 @@ class GracefulStop(pl.Callback):
         return None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.stop_reason == STOP_NONFINITE and self.nonfinite_checkpoint and not self._saved_nonfinite:
+            save_last_checkpoint(trainer, self.nonfinite_checkpoint)  # every rank took the same decision
+            self._saved_nonfinite = True
         if pl_module.stop_reason is not None:
             return
         # Ranks start at slightly different times: rank 0 decides for all, or one rank would wait forever.

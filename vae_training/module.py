@@ -310,7 +310,10 @@ class VAVAEFineTuneModule(pl.LightningModule):
             values["train_grad_norm_ae"] = torch.tensor(self.grad_norms["ae_before_clip"])
         if "disc_before_clip" in self.grad_norms:
             values["train_grad_norm_disc"] = torch.tensor(self.grad_norms["disc_before_clip"])
-        values["train_lr"] = torch.tensor(float(self.optimizers()[0].param_groups[0]["lr"]))
+        # Read back from the optimizers, so the log shows the rate really used (not the configured number).
+        opt_ae, opt_d = self.optimizers()
+        values["train_lr_ae"] = torch.tensor(float(opt_ae.param_groups[0]["lr"]))
+        values["train_lr_disc"] = torch.tensor(float(opt_d.param_groups[0]["lr"]))
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=False)
 
     # ------------------------------------------------------------------------------------------- validation

@@ -161,8 +161,10 @@ class StageResult:
     global_step: int = 0
     alignment_target: str = ""
     perceptual: str = ""
+    hardware: str = ""
     init_from: str = ""
     init_checkpoint: Optional[str] = None
+    init_fingerprint: str = ""  # sha256 of the VA-VAE weights the stage started from
     message: str = ""
     nonfinite_skipped_total: int = 0
     val_history: list = field(default_factory=list)  # one dict of validation metrics per epoch

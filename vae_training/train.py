@@ -7,8 +7,10 @@ chosen checkpoint of an earlier stage as recorded in that stage's ``stage_result
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,8 +24,7 @@ from vae_training.builders import (AlignmentTarget, VAEInit, build_alignment_tar
                                    build_perceptual, build_vae, describe_perceptual, find_pretrained_vae,
                                    init_discriminator, loud, match_projection)
 from vae_training.callbacks import (STOP_NONFINITE, GracefulStop, LastCheckpoint, LossCurves, ProgressPrinter,
-                                    ReconstructionGrid, ValidationHistory, save_last_checkpoint)
-from vae_training.datamodule import VAEDataModule
+                                    ReconstructionGrid, ValidationHistory)
 from vae_training.hardware import trainer_hardware
 from vae_training.module import VAVAEFineTuneModule
 
@@ -130,29 +131,42 @@ def feature_cache_for(cfg: DictConfig, target: AlignmentTarget):
 # ----------------------------------------------------------------------------------------------- one stage
 
 
-def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Path, *, target_cache: dict,
-              finished: dict, deadline: Optional[float], stage_index: int) -> S.StageResult:
-    train = cfg.vae_train
-    resume_from = folder.last_checkpoint if folder.last_checkpoint.is_file() else None
-    init_ckpt = init_checkpoint_for(cfg, stage, folder.root.parent, finished)
+@dataclass
+class StageModel:
+    module: VAVAEFineTuneModule
+    target: AlignmentTarget
+    perceptual_description: str
+    notes: list
+    init_fingerprint: str  # of the VA-VAE weights the stage starts from (provenance, checked by tests)
 
+
+def state_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of a state_dict (names, shapes, values)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_stage_model(cfg: DictConfig, stage: dict, *, init_checkpoint: Optional[Path],
+                      resume_from: Optional[Path] = None, target_cache: Optional[dict] = None) -> StageModel:
+    """The Lightning module of one stage: VA-VAE (initialised as the stage says), discriminator, LPIPS, target."""
+    target_cache = {} if target_cache is None else target_cache
     if resume_from is not None:
-        # Architecture from the checkpoint; its weights and optimizer state are restored by Lightning.
+        # Architecture from the checkpoint; Lightning restores its weights and optimizer state in fit().
         from models.vavae import create_vavae
 
-        vae_init_model = create_vavae(vae_config_of_checkpoint(resume_from))
-        notes = [f"resuming from {resume_from}"]
-        vae_init = VAEInit(vae_init_model, stage["init_from"], str(init_ckpt) if init_ckpt else None, notes)
-        print(f"[{stage['name']}] resuming from {resume_from}", flush=True)
+        vae_init = VAEInit(create_vavae(vae_config_of_checkpoint(resume_from)), stage["init_from"],
+                           str(init_checkpoint) if init_checkpoint else None, [f"resuming from {resume_from}"])
     else:
-        vae_init = build_vae(cfg, stage["init_from"], init_ckpt)
+        vae_init = build_vae(cfg, stage["init_from"], init_checkpoint)
 
-    image_size = int(cfg.data.image_size)
-    latent_size = image_size // int(vae_init.model.downsample_factor)
-    key = (latent_size,)
-    if key not in target_cache:
-        target_cache[key] = build_alignment_target(cfg, latent_size)
-    target: AlignmentTarget = target_cache[key]
+    latent_size = int(cfg.data.image_size) // int(vae_init.model.downsample_factor)
+    if latent_size not in target_cache:
+        target_cache[latent_size] = build_alignment_target(cfg, latent_size)
+    target: AlignmentTarget = target_cache[latent_size]
     if resume_from is None:
         vae_init = match_projection(vae_init, target, cfg)
     elif int(vae_init.model.config.foundation_dim) != target.feature_dim:
@@ -162,29 +176,38 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
 
     discriminator = build_discriminator(cfg)
     if resume_from is None:
-        vae_init.notes.append(init_discriminator(discriminator, init_ckpt,
+        vae_init.notes.append(init_discriminator(discriminator, init_checkpoint,
                                                  released=stage["init_from"] == S.INIT_PRETRAINED))
     perceptual = build_perceptual(cfg)
-
-    train_cfg = to_plain(train)
+    train_cfg = to_plain(cfg.vae_train)
     train_cfg["freeze_encoder_levels"] = int(cfg.vae.freeze_encoder_levels)
+    fingerprint = state_fingerprint(vae_init.model) if resume_from is None else ""
     module = VAVAEFineTuneModule(
         vae_init.model, discriminator, stage=stage, loss_cfg=to_plain(cfg.vae_loss), train_cfg=train_cfg,
-        perceptual=perceptual, foundation=target.model,
-        feature_cache=feature_cache_for(cfg, target), alignment_target=target.description)
+        perceptual=perceptual, foundation=target.model, feature_cache=feature_cache_for(cfg, target),
+        alignment_target=target.description)
+    return StageModel(module, target, describe_perceptual(perceptual), vae_init.notes, fingerprint)
+
+
+def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Path, *, target_cache: dict,
+              finished: dict, deadline: Optional[float]) -> S.StageResult:
+    train = cfg.vae_train
+    resume_from = folder.last_checkpoint if folder.last_checkpoint.is_file() else None
+    init_ckpt = init_checkpoint_for(cfg, stage, folder.root.parent, finished)
+    if resume_from is not None:
+        print(f"[{stage['name']}] resuming from {resume_from}", flush=True)
+    built = build_stage_model(cfg, stage, init_checkpoint=init_ckpt, resume_from=resume_from,
+                              target_cache=target_cache)
+    module, target = built.module, built.target
+    image_size = int(cfg.data.image_size)
+    from vae_training.datamodule import VAEDataModule
 
     datamodule = VAEDataModule(manifest, image_size=image_size, batch_size=int(train.batch_size),
                                num_workers=int(cfg.data.num_workers), flip=bool(cfg.data.flip))
     datamodule.setup()
 
-    folder.root.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.merge(cfg, {"vae_train": {"stages": [], "stage_overrides": {}}})
-    resolved_dict = to_plain(resolved)
-    resolved_dict["stage"] = stage
-    if not folder.config_file.is_file():
-        save_config(OmegaConf.create(resolved_dict), folder.config_file)
-    else:
-        save_config(OmegaConf.create(resolved_dict), folder.root / f"config_resumed_{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+    if _rank_zero():
+        write_stage_config(cfg, stage, folder, resumed=resume_from is not None)
 
     hardware = trainer_hardware(train)
     best = pl.callbacks.ModelCheckpoint(
@@ -196,8 +219,8 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
     callbacks = [
         best,
         LastCheckpoint(folder.last_checkpoint, int(train.checkpoint_every_n_steps or 0)),
-        GracefulStop(folder.last_checkpoint, deadline=deadline,
-                     stop_after_ae_steps=train.stop_after_ae_steps),
+        GracefulStop(folder.last_checkpoint, deadline=deadline, stop_after_ae_steps=train.stop_after_ae_steps,
+                     nonfinite_checkpoint=folder.checkpoints / "nonfinite_stop.ckpt"),
         history,
         ReconstructionGrid(datamodule.fixed_val_images(int(train.grid_images)), folder.reconstructions),
         LossCurves(folder.logs, folder.loss_curves, title=f"{stage['name']}: {target.description}"),
@@ -214,12 +237,14 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
         default_root_dir=str(folder.root),
     )
 
-    _announce(stage, vae_init, target, hardware, steps_per_epoch, folder)
+    _announce(stage, built, hardware, steps_per_epoch, folder)
+    previous = folder.read_result()
     result = S.StageResult(stage=stage["name"], status=S.STATUS_RUNNING, monitor=MONITOR,
-                           alignment_target=target.description, perceptual=describe_perceptual(perceptual),
-                           init_from=stage["init_from"],
-                           init_checkpoint=str(init_ckpt) if init_ckpt else None, stage_config=dict(stage),
-                           message="; ".join(vae_init.notes))
+                           alignment_target=target.description, perceptual=built.perceptual_description,
+                           hardware=hardware["description"],
+                           init_from=stage["init_from"], init_checkpoint=str(init_ckpt) if init_ckpt else None,
+                           init_fingerprint=built.init_fingerprint or (previous.init_fingerprint if previous else ""),
+                           stage_config=dict(stage), message="; ".join(built.notes))
     if trainer.is_global_zero:
         folder.write_result(result)
 
@@ -228,7 +253,6 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
 
     if module.stop_reason == STOP_NONFINITE:
         stop_ckpt = folder.checkpoints / "nonfinite_stop.ckpt"
-        save_last_checkpoint(trainer, stop_ckpt)
         status = S.STATUS_NONFINITE
         message = (f"stopped after {module.nonfinite_in_a_row} non-finite losses/gradients in a row at autoencoder "
                    f"step {module.ae_steps}; state at the stop: {stop_ckpt}; last good state: "
@@ -239,7 +263,7 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
         message = f"stopped cleanly ({module.stop_reason}) at autoencoder step {module.ae_steps}; rerun to continue"
     else:
         status = S.STATUS_FINISHED
-        message = "; ".join(vae_init.notes)
+        message = "; ".join(built.notes)
     best_path = best.best_model_path or None
     best_score = float(best.best_model_score) if best.best_model_score is not None else None
     result.status = status
@@ -259,7 +283,24 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
     return result
 
 
-def _ae_steps_per_epoch(datamodule: VAEDataModule, train: DictConfig, world_size: int) -> int:
+def _rank_zero() -> bool:
+    """Before the Trainer exists: DDP child processes carry their rank in the environment Lightning reads."""
+    return pl.utilities.rank_zero_only.rank == 0
+
+
+def write_stage_config(cfg: DictConfig, stage: dict, folder: S.StageFolder, *, resumed: bool) -> Path:
+    """The resolved config of the run with this stage's resolved entry; a resumed run keeps the first one."""
+    resolved = to_plain(cfg)
+    resolved["vae_train"]["stages"] = S.resolve_stages(cfg)  # the whole resolved schedule, overrides applied
+    resolved["vae_train"]["stage_overrides"] = {}
+    resolved["stage"] = dict(stage)
+    path = folder.config_file
+    if resumed and path.is_file():
+        path = folder.root / f"config_resumed_{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    return save_config(OmegaConf.create(resolved), path)
+
+
+def _ae_steps_per_epoch(datamodule, train: DictConfig, world_size: int) -> int:
     import math
 
     batches = math.ceil(len(datamodule.train_set) / (int(train.batch_size) * world_size))
@@ -269,15 +310,16 @@ def _ae_steps_per_epoch(datamodule: VAEDataModule, train: DictConfig, world_size
     return math.ceil(batches / max(1, int(train.gradient_accumulation)))
 
 
-def _announce(stage, vae_init, target, hardware, steps_per_epoch, folder) -> None:
-    if not pl.utilities.rank_zero_only.rank == 0:
+def _announce(stage, built: StageModel, hardware, steps_per_epoch, folder) -> None:
+    if not _rank_zero():
         return
     lines = [
         f"=== VA-VAE {stage['name']}: {stage['epochs']} epochs, lr {stage['learning_rate']}, vf_weight "
         f"{stage['vf_weight']}, margins {stage['distmat_margin']}/{stage['cos_margin']}, disc_start "
         f"{stage['disc_start']} (autoencoder steps), init {stage['init_from']} ===",
-        f"    model: {'; '.join(vae_init.notes)}",
-        f"    alignment target: {target.description}",
+        f"    model: {'; '.join(built.notes)}",
+        f"    alignment target: {built.target.description}",
+        f"    perceptual loss: {built.perceptual_description}",
         f"    hardware: {hardware['description']}; {steps_per_epoch} autoencoder steps per epoch",
         f"    run folder: {folder.root}",
     ]
@@ -314,7 +356,7 @@ def train_vavae(cfg: DictConfig, stages: Optional[Sequence[int | str] | str] = N
             break
         pl.seed_everything(int(cfg.run.seed) + index, workers=True, verbose=False)
         result = run_stage(cfg, stage, folder, manifest, target_cache=target_cache, finished=finished,
-                           deadline=deadline, stage_index=index)
+                           deadline=deadline)
         summary["stages"][stage["name"]] = result.to_dict()
         if result.status != S.STATUS_FINISHED:
             break
@@ -322,7 +364,7 @@ def train_vavae(cfg: DictConfig, stages: Optional[Sequence[int | str] | str] = N
     summary["seconds"] = round(time.time() - start, 1)
     summary["complete"] = all(summary["stages"].get(s["name"], {}).get("status") == S.STATUS_FINISHED
                               for s in selected)
-    if pl.utilities.rank_zero_only.rank == 0:
+    if _rank_zero():
         vae_dir.mkdir(parents=True, exist_ok=True)
         (vae_dir / "summary.json").write_text(json.dumps(S.jsonable(summary), indent=2))
     return summary

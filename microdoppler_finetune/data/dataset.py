@@ -1,0 +1,75 @@
+"""PyTorch view of one or more splits of the manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .images import load_rgb
+from .manifest import Manifest, load_manifest
+
+
+class MicroDopplerDataset(Dataset):
+    """Items ``{"image": FloatTensor[3, H, W] in [-1, 1], "person_id", "condition_id", "index", "path",
+    "flipped"}``; ``index`` is the manifest row, ``path`` the manifest's relative path (a stable cache key).
+
+    ``split``: "train", "val", "test", "gap", "all" (train+val+test) or a list of them.
+    ``flip``: random horizontal flip with p=0.5. Off by default: the horizontal axis of a spectrogram is time,
+    so a flipped image is a time-reversed walk, not a real sample. Turn it on only on purpose (training).
+    """
+
+    def __init__(self, manifest: Union[Manifest, str, Path], split: Union[str, Sequence[str]] = "train",
+                 image_size: int = 256, flip: bool = False, data_root: Optional[Union[str, Path]] = None):
+        if not isinstance(manifest, Manifest):
+            manifest = load_manifest(manifest, data_root=data_root)
+        elif data_root is not None:
+            manifest = Manifest(path=manifest.path, data_root=Path(data_root), entries=manifest.entries,
+                                person_names=manifest.person_names, condition_names=manifest.condition_names,
+                                labels=manifest.labels)
+        if int(image_size) <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        self.manifest = manifest
+        self.split = split
+        self.image_size = int(image_size)
+        self.flip = bool(flip)
+        # Plain lists of primitives: cheap to pickle into DataLoader workers.
+        self.rows = [{k: e[k] for k in ("path", "person_id", "condition_id", "index")}
+                     for e in manifest.entries_for(split)]
+        self.data_root = Path(manifest.data_root)
+        if self.rows and not self.data_root.is_dir():
+            raise FileNotFoundError(
+                f"The images of {manifest.path} are expected under {self.data_root}, which is not a folder. If the "
+                f"dataset moved (e.g. attached at another Kaggle path), pass data_root=/its/new/path (--data_root).")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def person_ids(self) -> list:
+        return [r["person_id"] for r in self.rows]
+
+    @property
+    def condition_ids(self) -> list:
+        return [r["condition_id"] for r in self.rows]
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        path = self.data_root / row["path"]
+        try:
+            img = load_rgb(path, self.image_size)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{path} (row {row['index']} of {self.manifest.path}) is missing. The data "
+                                    f"folder changed after step3: re-run step3 with --overwrite, or pass the "
+                                    f"right data_root.") from exc
+        pixels = torch.from_numpy(np.array(img, dtype=np.uint8))  # H x W x 3
+        image = pixels.permute(2, 0, 1).float().div(127.5).sub(1.0)  # 3 x H x W in [-1, 1]
+        flipped = False
+        # torch's RNG (not numpy's): DataLoader seeds it per worker, so flips differ across workers.
+        if self.flip and bool(torch.rand(()) < 0.5):
+            image = image.flip(-1)  # horizontal = time axis
+            flipped = True
+        return {"image": image, "person_id": row["person_id"], "condition_id": row["condition_id"],
+                "index": row["index"], "path": row["path"], "flipped": flipped}

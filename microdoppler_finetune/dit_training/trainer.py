@@ -1,0 +1,487 @@
+"""The DiT training loop: ``train_dit(cfg)``.
+
+A plain PyTorch loop (as in DiT/nanoGPT): AdamW, EMA, gradient clipping, fp16 + GradScaler / bf16 / fp32,
+DDP under torchrun, optional gradient checkpointing, LoRA / frozen backbone / gradual unfreezing, an auxiliary
+supervised-contrastive loss, a deterministic validation loss, sample grids, ``{step:07d}.pt`` checkpoints.
+
+Rerunning the same command resumes from the checkpoint with the highest step number in
+``<run_dir>/checkpoints``: model, EMA, optimizer, scaler, step, RNG states and best validation loss come back,
+and the architecture (including LoRA adapters) is the checkpoint's, whatever the command line says.
+
+Every random draw of a step (batch order, posterior samples, t, noise, label dropout) comes from generators
+seeded by (seed, step, rank), so a resumed run repeats exactly what an uninterrupted one would have done.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from microdoppler_finetune.config import save_config, to_plain
+from microdoppler_finetune.dit_training import checkpointing as C
+from microdoppler_finetune.dit_training.contrastive import PooledFeatureTap, supervised_contrastive_loss
+from microdoppler_finetune.dit_training.data import DiTData, LatentSplit, load_dit_data, validation_noise
+from microdoppler_finetune.dit_training.distributed import (DistInfo, any_rank_true, barrier, cleanup_distributed,
+                                                            mean_over_ranks, setup_distributed)
+from microdoppler_finetune.dit_training.ema import EMA
+from microdoppler_finetune.dit_training.finetune import (LoraSettings, TrainableRule, apply_lora,
+                                                         apply_trainable_rule, optimizer_parameters, unwrap_model)
+from microdoppler_finetune.dit_training.logging import TrainLog
+from microdoppler_finetune.dit_training.model_setup import (build_dit, dit_config_of, enable_gradient_checkpointing,
+                                                            model_forward, num_blocks_of)
+from microdoppler_finetune.dit_training.objective import (deterministic_val_loss, sample_timesteps,
+                                                          velocity_loss_per_sample)
+
+STOP_FINISHED = "finished"
+STOP_TIME_BUDGET = "time_budget"
+STOP_NONFINITE = "nonfinite"
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: fp16 on CUDA GPUs without bf16 (T4, P100: with GradScaler), bf16 where supported, fp32 on CPU."""
+    name = str(name).lower()
+    if name not in ("auto", "fp32", "fp16", "bf16"):
+        raise ValueError(f"precision '{name}' not understood: use auto, fp32, fp16 or bf16.")
+    if device.type != "cuda":
+        if name in ("fp16", "bf16"):
+            print(f"NOTE: precision {name} asked for on {device}: autocast is only used on CUDA, training in fp32.",
+                  flush=True)
+        return "fp32"
+    if name == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return name
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int = 0) -> int:
+    return (int(seed) * 1_000_003 + int(step) * 4099 + int(rank) * 131 + stream) % (2**63 - 1)
+
+
+def learning_rate_at(step: int, base_lr: float, warmup_steps: int) -> float:
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    return base_lr
+
+
+@dataclass
+class BatchPlan:
+    """Which training rows each step uses: a fresh permutation per epoch, seeded, split across ranks."""
+
+    num_items: int
+    batch_size: int  # per rank
+    world_size: int
+    rank: int
+    seed: int
+
+    def __post_init__(self):
+        self.steps_per_epoch = self.num_items // (self.batch_size * self.world_size)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{self.num_items} training latents are fewer than one batch ({self.batch_size} x "
+                             f"{self.world_size} devices). Lower --batch_size.")
+        self._epoch = -1
+        self._order = None
+
+    def rows(self, step: int) -> torch.Tensor:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(step_seed(self.seed, epoch, 0, stream=7))
+            self._order = torch.randperm(self.num_items, generator=generator)
+            self._epoch = epoch
+        span = self.batch_size * self.world_size
+        chunk = self._order[position * span:(position + 1) * span]
+        return chunk[self.rank::self.world_size]
+
+
+class DiTTrainer:
+    def __init__(self, cfg: DictConfig, dist_info: DistInfo, data: DiTData, resume: Optional[dict],
+                 resume_path: Optional[Path]):
+        self.cfg = cfg
+        self.dist = dist_info
+        self.data = data
+        self.device = dist_info.device
+        t = cfg.dit.train
+        self.train_cfg = t
+        self.run_dir = Path(cfg.dit.run_dir) if cfg.dit.run_dir else Path(cfg.run.work_dir) / "dit"
+        self.ckpt_dir = self.run_dir / C.CHECKPOINT_DIRNAME
+        self.precision = resolve_precision(t.precision, self.device)
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+
+        # Architecture: the checkpoint's when resuming (nanoGPT style), else from the config / init_from.
+        ft = cfg.dit.finetune
+        if resume is not None:
+            model = build_dit(resume["dit_config"], data=None, cfg=cfg, init_from=None)
+            self.lora = LoraSettings.from_dict(resume.get("lora"))
+        else:
+            model = build_dit(None, data=data, cfg=cfg, init_from=ft.init_from)
+            self.lora = (LoraSettings(int(ft.lora_rank), float(ft.lora_alpha or ft.lora_rank), tuple(ft.lora_targets),
+                                      float(ft.dropout)) if int(ft.lora_rank) > 0 else None)
+        self.dit_config = dit_config_of(model)
+        self.num_blocks = num_blocks_of(model)
+        if t.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        if self.lora is not None:
+            model = apply_lora(model, self.lora)
+        self.model = model.to(self.device)
+        self.rule = TrainableRule.from_config(ft)
+        params = optimizer_parameters(self.model, self.rule, self.num_blocks)
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=float(t.learning_rate), betas=tuple(float(b) for b in t.betas),
+                                           weight_decay=float(t.weight_decay))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.step = 0
+        self.best_val_loss = math.inf
+        self.skipped_total = 0
+        self.ema = EMA(self.model, float(t.ema_decay))
+        if resume is not None:
+            self._load_state(resume, resume_path)
+        self.trainable_summary = apply_trainable_rule(self.model, self.rule, self.step, self.num_blocks)
+        self._current_last_blocks = self.rule.last_blocks_at(self.step)
+        self.ddp_model = self._wrap_ddp()
+        self.tap = PooledFeatureTap(self.model) if float(ft.contrastive_weight) > 0 else None
+        self.plan = BatchPlan(len(data.train), int(t.batch_size), dist_info.world_size, dist_info.rank, int(t.seed))
+        self.log = TrainLog(self.run_dir, enabled=dist_info.is_main)
+        self._decoder = None
+        self.last_save_seconds = 0.0
+
+    # ------------------------------------------------------------------------------------------- state
+
+    def _load_state(self, state: dict, path: Optional[Path]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"], state.get("ema_updates", 0))
+        try:
+            self.optimizer.load_state_dict(state["opt"])
+        except ValueError as exc:
+            raise ValueError(f"The optimizer state in {path} does not fit this run's trainable parameters ({exc}). "
+                             f"The fine-tuning options (freeze_backbone, lora, unfreeze_schedule) must stay as "
+                             f"they were when resuming; start a new --work_dir to change them.") from exc
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.best_val_loss = float(state.get("best_val_loss", math.inf))
+        self.skipped_total = int(state.get("skipped_steps", 0))
+        C.restore_rng_state(state.get("rng"))
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "ema_updates": self.ema.num_updates,
+            "opt": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": C.capture_rng_state(),
+            "best_val_loss": self.best_val_loss,
+            "skipped_steps": self.skipped_total,
+            "dit_config": self.dit_config,
+            "lora": self.lora.to_dict() if self.lora else None,
+            "data": self.data.describe(),
+            "precision": self.precision,
+            "config": to_plain(self.cfg),
+        }
+
+    def save(self) -> Optional[Path]:
+        path = None
+        tick = time.time()
+        if self.dist.is_main:
+            path = C.save_checkpoint(self.state_dict(), C.checkpoint_path(self.ckpt_dir, self.step))
+            C.prune_checkpoints(self.ckpt_dir, int(self.train_cfg.keep_checkpoints))
+            print(f"step {self.step}: checkpoint {path}", flush=True)
+        barrier(self.dist)
+        self.last_save_seconds = time.time() - tick
+        return path
+
+    # ------------------------------------------------------------------------------------------- model
+
+    def _wrap_ddp(self) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # find_unused_parameters: label dropout to the null row and an unused condition table leave parameters
+        # without gradients in some steps.
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(self.model, device_ids=ids, find_unused_parameters=True)
+
+    def _maybe_unfreeze(self) -> None:
+        blocks = self.rule.last_blocks_at(self.step)
+        if blocks == self._current_last_blocks:
+            return
+        self.trainable_summary = apply_trainable_rule(self.model, self.rule, self.step, self.num_blocks)
+        self._current_last_blocks = blocks
+        # DDP registers gradient hooks for the parameters that train when it is built: rebuild it.
+        self.ddp_model = self._wrap_ddp()
+        if self.dist.is_main:
+            print(f"step {self.step}: unfreeze schedule -> last {blocks} blocks train "
+                  f"({self.trainable_summary['trainable_params']:,} trainable parameters)", flush=True)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def train_step(self) -> dict:
+        t = self.train_cfg
+        ft = self.cfg.dit.finetune
+        self.ddp_model.train()  # train mode: label dropout to the null rows, LoRA/attention dropout active
+        lr = learning_rate_at(self.step, float(t.learning_rate), int(t.warmup_steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(step_seed(t.seed, self.step, self.dist.rank, stream=1))  # dropout, label dropout
+        generator = torch.Generator().manual_seed(step_seed(t.seed, self.step, self.dist.rank, stream=2))
+        rows = self.plan.rows(self.step)
+        x1, person, condition = self.data.train.batch(rows, resample=bool(t.resample_latents), generator=generator)
+        x1, person, condition = x1.to(self.device), person.to(self.device), condition.to(self.device)
+        x0 = torch.randn(x1.shape, generator=generator).to(self.device)
+        time_gen = torch.Generator().manual_seed(step_seed(t.seed, self.step, self.dist.rank, stream=3))
+        times = sample_timesteps(x1.shape[0], "cpu", generator=time_gen).to(self.device)
+        use_cond = self.use_conditions
+        with self._autocast():
+            flow = velocity_loss_per_sample(
+                lambda xt, tt: model_forward(self.ddp_model, xt, tt, person, condition if use_cond else None),
+                x1, x0, times).float().mean()
+            loss = flow
+            contrastive = None
+            if self.tap is not None:
+                contrastive = supervised_contrastive_loss(self.tap.take(), person, float(ft.contrastive_temperature))
+                loss = loss + float(ft.contrastive_weight) * contrastive
+        finite = bool(torch.isfinite(loss))
+        if any_rank_true(self.dist, not finite):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"skipped": True, "loss": float(loss.detach())}
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = float(t.grad_clip) if t.grad_clip and float(t.grad_clip) > 0 else math.inf
+        grads = [p for p in self.params if p.grad is not None]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(grads, max_norm)) if grads else 0.0
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"skipped": True, "loss": float(loss.detach()), "grad_norm": grad_norm}
+        self.scaler.step(self.optimizer)  # with fp16, skips the update itself when gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        overflowed = scale_before is not None and self.scaler.get_scale() < scale_before
+        if not overflowed:
+            self.ema.update(self.model)
+        return {"skipped": False, "loss": float(loss.detach()), "flow_loss": float(flow.detach()),
+                "contrastive_loss": float(contrastive.detach()) if contrastive is not None else None,
+                "grad_norm": grad_norm, "lr": lr, "fp16_overflow": overflowed}
+
+    @property
+    def use_conditions(self) -> bool:
+        return bool(self.dit_config.get("num_conditions", 0))
+
+    @torch.no_grad()
+    def validation_loss(self, module: torch.nn.Module) -> float:
+        """Mean per-sample loss over the val latents at fixed timesteps with fixed noise (eval mode)."""
+        t = self.train_cfg
+        module.eval()  # eval mode: no label dropout, no dropout -> the same number for the same weights
+        split: LatentSplit = self.data.val
+        batch_size = max(1, int(t.batch_size))
+        use_cond = self.use_conditions
+        total, count = 0.0, 0
+        for start in range(0, len(split), batch_size):
+            rows = torch.arange(start, min(start + batch_size, len(split)))
+            x1 = split.fixed[rows].to(self.device)
+            person = split.person[rows].to(self.device)
+            condition = split.condition[rows].to(self.device) if use_cond else None
+            with self._autocast():
+                per_sample = deterministic_val_loss(
+                    lambda xt, tt: model_forward(module, xt, tt, person, condition), x1,
+                    lambda position: validation_noise(split, rows, int(t.val_seed), position),
+                    [float(v) for v in t.val_timesteps])
+            total += float(per_sample.sum())
+            count += len(rows)
+        return total / max(count, 1)
+
+    # ------------------------------------------------------------------------------------------- grids
+
+    def sample_grid(self) -> Optional[Path]:
+        """One row per person (EMA weights), decoded with the exported encoder's VA-VAE."""
+        from microdoppler_finetune.dit_sampling import SamplerSettings, decode_latents, generate_latents, save_grid
+
+        if self._decoder is None:
+            from microdoppler_finetune.export import load_exported_vae
+
+            self._decoder = load_exported_vae(self.data.export_dir).to(self.device)
+        t = self.train_cfg
+        s = self.cfg.dit.sample
+        per_person = int(t.grid_per_person)
+        persons = [p for p in range(self.data.num_persons) for _ in range(per_person)]
+        conditions = None
+        if self.use_conditions:
+            first_condition = {}
+            for p, c in self.data.seen_pairs:
+                first_condition.setdefault(p, c)
+            conditions = [first_condition.get(p, 0) for p in persons]
+        settings = SamplerSettings(steps=int(t.grid_steps), sampler=str(s.sampler), cfg_scale=float(s.cfg_scale),
+                                   cfg_interval_start=float(s.cfg_interval_start), shift=float(s.shift),
+                                   seed=int(s.seed), batch_size=int(s.batch_size))
+        model = merged_eval_copy(self.ema.module)
+        latents = generate_latents(model, persons, conditions, self.data.latent_shape, settings, self.device)
+        images = decode_latents(self._decoder, latents, self.data.latents_mean, self.data.latents_std,
+                                batch_size=int(s.batch_size), device=self.device)
+        path = self.run_dir / "samples" / f"grid_{self.step:07d}.jpg"
+        save_grid(images, nrow=per_person, path=path)
+        return path
+
+    # ------------------------------------------------------------------------------------------- loop
+
+    def fit(self, time_budget_s: Optional[float] = None, started: Optional[float] = None) -> dict:
+        t = self.train_cfg
+        started = started if started is not None else time.time()
+        total_steps = int(t.steps)
+        last_log = time.time()
+        steps_since_log = 0
+        losses, flows, contrastives, norms = [], [], [], []
+        nonfinite_in_a_row = 0
+        stop_reason = STOP_FINISHED
+        step_seconds = None
+        if self.dist.is_main:
+            s = self.trainable_summary
+            print(f"DiT training: step {self.step} -> {total_steps}, {len(self.data.train)} train / "
+                  f"{len(self.data.val)} val latents {self.data.latent_shape}, {self.data.num_persons} persons, "
+                  f"{self.data.num_conditions} conditions (used: {self.use_conditions}), precision "
+                  f"{self.precision}, {s['trainable_params']:,} of {s['total_params']:,} parameters train",
+                  flush=True)
+        if self.step == 0 and int(t.val_every) > 0:
+            self.run_validation(started)  # the untrained baseline: the first point of the validation curve
+        while self.step < total_steps:
+            if time_budget_s is not None:
+                elapsed = time.time() - started
+                # Room for a few more steps and the final checkpoint (measured when one was written).
+                reserve = 3 * (step_seconds or 0.0) + max(10.0, 1.5 * self.last_save_seconds)
+                if any_rank_true(self.dist, elapsed + reserve >= time_budget_s):
+                    stop_reason = STOP_TIME_BUDGET
+                    break
+            self._maybe_unfreeze()
+            tick = time.time()
+            result = self.train_step()
+            step_seconds = time.time() - tick if step_seconds is None else 0.9 * step_seconds + 0.1 * (time.time() - tick)
+            if result["skipped"]:
+                nonfinite_in_a_row += 1
+                self.skipped_total += 1
+                if self.dist.is_main:
+                    print(f"step {self.step}: non-finite loss/gradient ({result.get('loss')}), step skipped "
+                          f"({nonfinite_in_a_row} in a row)", flush=True)
+                if nonfinite_in_a_row >= int(t.max_nonfinite_in_a_row):
+                    stop_reason = STOP_NONFINITE
+                    break
+                self.step += 1
+                continue
+            nonfinite_in_a_row = 0
+            self.step += 1
+            steps_since_log += 1
+            losses.append(result["loss"])
+            flows.append(result["flow_loss"])
+            norms.append(result["grad_norm"])
+            if result["contrastive_loss"] is not None:
+                contrastives.append(result["contrastive_loss"])
+            if self.step % max(1, int(t.log_every)) == 0 or self.step == total_steps:
+                now = time.time()
+                row = {"step": self.step, "event": "train", "elapsed_s": round(now - started, 2),
+                       "train_loss": mean_over_ranks(self.dist, sum(losses) / len(losses)),
+                       "flow_loss": sum(flows) / len(flows),
+                       "contrastive_loss": sum(contrastives) / len(contrastives) if contrastives else None,
+                       "lr": result["lr"], "grad_norm": sum(norms) / len(norms), "skipped_steps": self.skipped_total,
+                       "steps_per_s": round(steps_since_log / max(now - last_log, 1e-9), 4)}
+                self.log.write(row)
+                if self.dist.is_main:
+                    print(f"step {self.step}/{total_steps} loss {row['train_loss']:.4f} lr {row['lr']:.2e} "
+                          f"grad_norm {row['grad_norm']:.3f} ({row['steps_per_s']:.2f} steps/s)", flush=True)
+                losses, flows, contrastives, norms = [], [], [], []
+                last_log, steps_since_log = now, 0
+            if int(t.val_every) > 0 and (self.step % int(t.val_every) == 0 or self.step == total_steps):
+                self.run_validation(started)
+            if int(t.sample_every) > 0 and self.step % int(t.sample_every) == 0 and self.dist.is_main:
+                self.sample_grid()
+            if int(t.checkpoint_every) > 0 and self.step % int(t.checkpoint_every) == 0 and self.step < total_steps:
+                self.save()
+        if stop_reason != STOP_NONFINITE:
+            self.save()
+        message = {STOP_FINISHED: f"finished {self.step} steps",
+                   STOP_TIME_BUDGET: f"time budget reached at step {self.step}: rerun the same command to continue",
+                   STOP_NONFINITE: f"stopped at step {self.step}: {t.max_nonfinite_in_a_row} non-finite steps in a "
+                                   f"row. Lower the learning rate, use fp32 (--precision fp32) or check the latents."}
+        if self.dist.is_main:
+            print(message[stop_reason], flush=True)
+        if self.tap is not None:
+            self.tap.remove()
+        result = {"status": stop_reason, "step": self.step, "best_val_loss": self.best_val_loss,
+                  "run_dir": str(self.run_dir), "latest_checkpoint": str(C.latest_checkpoint(self.ckpt_dir)),
+                  "precision": self.precision, "trainable_params": self.trainable_summary["trainable_params"],
+                  "total_params": self.trainable_summary["total_params"]}
+        if stop_reason == STOP_NONFINITE:
+            raise FloatingPointError(message[stop_reason])
+        return result
+
+    def run_validation(self, started: float) -> None:
+        if self.dist.is_main:
+            val = self.validation_loss(unwrap_ddp(self.model))
+            val_ema = self.validation_loss(self.ema.module)
+            if val_ema < self.best_val_loss:
+                self.best_val_loss = val_ema
+            self.log.write({"step": self.step, "event": "val", "elapsed_s": round(time.time() - started, 2),
+                            "val_loss": val, "val_loss_ema": val_ema})
+            print(f"step {self.step}: val loss {val:.4f} (EMA {val_ema:.4f}, best EMA {self.best_val_loss:.4f})",
+                  flush=True)
+        barrier(self.dist)
+
+
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def merged_eval_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain DiT for sampling: LoRA adapters merged into a copy (the training model keeps its adapters)."""
+    import copy
+
+    from microdoppler_finetune.dit_training.finetune import merge_lora
+
+    return merge_lora(copy.deepcopy(model)).eval()
+
+
+def train_dit(cfg: DictConfig) -> dict:
+    """Train (or resume) the DiT described by ``cfg.dit``; returns a summary dict."""
+    from vae_training.stages import parse_duration
+
+    started = time.time()
+    dist_info = setup_distributed()
+    try:
+        run_dir = Path(cfg.dit.run_dir) if cfg.dit.run_dir else Path(cfg.run.work_dir) / "dit"
+        resume_path = C.latest_checkpoint(run_dir / C.CHECKPOINT_DIRNAME)
+        resume = C.load_checkpoint(resume_path) if resume_path is not None else None
+        if dist_info.is_main:
+            data = load_dit_data(cfg)  # builds the latent cache once when it is missing
+            barrier(dist_info)
+        else:
+            barrier(dist_info)
+            data = load_dit_data(cfg, build_cache=False)
+        if resume is not None:
+            check_resume_data(resume, data, resume_path)
+            if dist_info.is_main:
+                print(f"Resuming from {resume_path} (step {resume['step']}); the architecture comes from the "
+                      f"checkpoint", flush=True)
+        trainer = DiTTrainer(cfg, dist_info, data, resume, resume_path)
+        if dist_info.is_main:
+            save_config(cfg, trainer.run_dir / "config.yaml")
+        return trainer.fit(parse_duration(cfg.dit.train.time_budget), started)
+    finally:
+        cleanup_distributed(dist_info)
+
+
+def check_resume_data(resume: dict, data: DiTData, path: Path) -> None:
+    saved = resume.get("data", {})
+    if saved.get("vae_identity") and saved["vae_identity"] != data.vae_identity:
+        raise ValueError(f"{path} was trained on latents of VA-VAE {saved['vae_identity']}, but this run's latent "
+                         f"cache comes from {data.vae_identity}. Use a new --work_dir (or run_dir) for a new "
+                         f"encoder.")
+    if saved.get("person_names") and list(saved["person_names"]) != list(data.person_names):
+        raise ValueError(f"{path} was trained with persons {saved['person_names']}, this cache has "
+                         f"{data.person_names}. Use a new --work_dir for a new dataset.")

@@ -1,0 +1,473 @@
+"""Generation metrics: how close, how diverse, how useful and how original the generated spectrograms are.
+
+    python -m microdoppler_finetune.evaluate_generation --dataset_dir work_dir/dataset --generated work_dir/samples \
+        --out_dir work_dir/evaluation/generation [--classifier work_dir/evaluation/identification/feature_classifier]
+
+All distribution metrics are computed in the feature space of the identification classifier
+(models/classifier.py, ``features``: its pooled embedding), which works offline; the Inception FID is added only
+when its weights are on this machine. Features are computed once and reused for the overall numbers, the numbers
+per person and the memorisation check. Definitions:
+
+- FID (Heusel et al. 2017): ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), covariances with N-1.
+  Computed in float64 with scipy's sqrtm; a tiny imaginary part from numerical error is dropped. Per person
+  there are fewer samples than feature dimensions, which biases FID upwards: compare each number with the
+  real-vs-real baseline on the same row.
+- KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3,
+  averaged over random subsets (the recipe of torchmetrics' KernelInceptionDistance).
+- Precision, recall, density, coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics"): k-NN
+  balls around real samples (radius = distance to the k-th nearest other real sample) and, for recall, around
+  generated samples.
+- Classification accuracy score (CAS, Ravuri & Vinyals 2019): a classifier trained on generated images only
+  (best epoch chosen on the real validation split) tested on the real test split.
+- Memorisation: the distance of each generated sample to its nearest real TRAINING sample, next to the same
+  distance for real TEST samples (which the generator never saw). Generated samples much closer to the training
+  set than fresh real data are, or at distance ~0, are copies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import linalg
+
+from microdoppler_finetune.identification import (IdentificationConfig, LabelledImages, accuracy_report,
+                                                  current_command, load_generated_images, load_split_images,
+                                                  predict_logits, resolve_device, train_classifier)
+from models.classifier import SpectrogramClassifier, load_classifier
+
+METRICS_JSON = "generation_metrics.json"
+METRICS_MD = "generation_metrics.md"
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception
+
+
+# ------------------------------------------------------------------------------------------- feature-space metrics
+
+
+def _as_2d_float64(features, name: str) -> np.ndarray:
+    array = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    array = array.astype(np.float64, copy=False)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [samples, features], got shape {array.shape}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or inf values.")
+    return array
+
+
+def frechet_distance(features_a, features_b) -> float:
+    """FID between two feature sets (each needs at least 2 samples)."""
+    a = _as_2d_float64(features_a, "features_a")
+    b = _as_2d_float64(features_b, "features_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"Feature sizes differ: {a.shape[1]} vs {b.shape[1]}.")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"FID needs at least 2 samples per set, got {len(a)} and {len(b)}.")
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        # Singular product (fewer samples than features): regularise both covariances slightly, as is customary.
+        offset = np.eye(cov_a.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = np.real(covmean)
+    distance = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+    return max(distance, 0.0)  # rounding can give -1e-12 for identical sets
+
+
+def _polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    dim = x.shape[1]
+    k_xx = (x @ x.T / dim + 1.0) ** 3
+    k_yy = (y @ y.T / dim + 1.0) ** 3
+    k_xy = (x @ y.T / dim + 1.0) ** 3
+    m, n = len(x), len(y)
+    sum_xx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    sum_yy = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    return float(sum_xx + sum_yy - 2.0 * k_xy.mean())
+
+
+def kernel_inception_distance(features_a, features_b, *, num_subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> tuple[float, float]:
+    """KID (mean, std over subsets); subsets are drawn without replacement, capped at the smaller set's size."""
+    a = _as_2d_float64(features_a, "features_a")
+    b = _as_2d_float64(features_b, "features_b")
+    size = min(subset_size, len(a), len(b))
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {len(a)} and {len(b)}.")
+    rng = np.random.default_rng(seed)
+    values = [
+        _polynomial_mmd2_unbiased(a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)])
+        for _ in range(num_subsets)
+    ]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def pairwise_distances(x, y) -> np.ndarray:
+    """Euclidean distances [len(x), len(y)] (float64)."""
+    xt = torch.from_numpy(_as_2d_float64(x, "x"))
+    yt = torch.from_numpy(_as_2d_float64(y, "y"))
+    return torch.cdist(xt, yt).numpy()
+
+
+def _kth_neighbour_radius(features: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each sample to its k-th nearest *other* sample of the same set."""
+    distances = pairwise_distances(features, features)
+    # Column 0 of each sorted row is the sample itself (distance 0), so the k-th other neighbour is column k.
+    return np.sort(distances, axis=1)[:, k]
+
+
+def precision_recall_density_coverage(real_features, fake_features, *, k: int = 5) -> dict:
+    """Naeem et al. (2020) metrics; ``k`` is capped so every set has k other members."""
+    real = _as_2d_float64(real_features, "real_features")
+    fake = _as_2d_float64(fake_features, "fake_features")
+    k_used = min(k, len(real) - 1, len(fake) - 1)
+    if k_used < 1:
+        raise ValueError(f"Precision/recall need at least 2 real and 2 generated samples, got {len(real)} and "
+                         f"{len(fake)}.")
+    real_radius = _kth_neighbour_radius(real, k_used)   # [N_real]
+    fake_radius = _kth_neighbour_radius(fake, k_used)   # [N_fake]
+    real_to_fake = pairwise_distances(real, fake)       # [N_real, N_fake]
+    inside_real_balls = real_to_fake <= real_radius[:, None]  # [i, j]: generated j lies in real i's ball
+    precision = inside_real_balls.any(axis=0).mean()
+    recall = (real_to_fake <= fake_radius[None, :]).any(axis=1).mean()
+    density = inside_real_balls.sum() / (k_used * len(fake))
+    coverage = (real_to_fake.min(axis=1) <= real_radius).mean()
+    return {"precision": float(precision), "recall": float(recall), "density": float(density),
+            "coverage": float(coverage), "k": int(k_used)}
+
+
+def nearest_neighbours(query, reference) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row: (distance to, index of) its nearest reference row."""
+    distances = pairwise_distances(query, reference)
+    index = distances.argmin(axis=1)
+    return distances[np.arange(len(index)), index], index
+
+
+def memorisation_report(generated_features, train_features, test_features, *, generated_keys: Sequence[str],
+                        train_keys: Sequence[str], closest: int = 10, copy_tolerance: float = 1e-6) -> dict:
+    """Nearest-training-neighbour distances of generated samples vs those of real test samples.
+
+    ``copy_tolerance`` is relative to the median test-to-train distance: a generated sample closer than that to
+    a training sample is counted as a copy (identical images give identical features up to float rounding).
+    """
+    generated_distance, nearest = nearest_neighbours(generated_features, train_features)
+    test_distance, _ = nearest_neighbours(test_features, train_features)
+    return _memorisation_summary(generated_distance, nearest, test_distance, generated_keys=generated_keys,
+                                 train_keys=train_keys, closest=closest, copy_tolerance=copy_tolerance)
+
+
+def _memorisation_summary(generated_distance: np.ndarray, nearest: np.ndarray, test_distance: np.ndarray, *,
+                          generated_keys: Sequence[str], train_keys: Sequence[str], closest: int = 10,
+                          copy_tolerance: float = 1e-6) -> dict:
+    test_median = float(np.median(test_distance))
+    test_p05 = float(np.percentile(test_distance, 5))
+    generated_median = float(np.median(generated_distance))
+    order = np.argsort(generated_distance)[:closest]
+    return {
+        "generated_median_distance": generated_median,
+        "generated_p05_distance": float(np.percentile(generated_distance, 5)),
+        "generated_min_distance": float(generated_distance.min()),
+        "test_median_distance": test_median,
+        "test_p05_distance": test_p05,
+        # < 1: generated samples sit closer to the training set than unseen real data does.
+        "median_ratio_generated_to_test": generated_median / test_median if test_median > 0 else float("nan"),
+        "fraction_closer_than_test_p05": float((generated_distance < test_p05).mean()),
+        "copies": int((generated_distance <= copy_tolerance * max(test_median, 1e-12)).sum()),
+        "generated_images": int(len(generated_distance)),
+        "test_images": int(len(test_distance)),
+        "closest_pairs": [{"generated": generated_keys[i], "train": train_keys[int(nearest[i])],
+                           "distance": float(generated_distance[i])} for i in order],
+    }
+
+
+# ------------------------------------------------------------------------------------------- features
+
+
+@torch.no_grad()
+def extract_features(model: SpectrogramClassifier, data: LabelledImages, *, batch_size: int = 128) -> np.ndarray:
+    """Classifier embeddings [N, feature_dim] (float64) of uint8 images, in eval mode."""
+    device = next(model.parameters()).device
+    model.eval()  # eval: BatchNorm running statistics, so a sample's features do not depend on its batch
+    outputs = []
+    for start in range(0, len(data), batch_size):
+        batch = data.float_images(torch.arange(start, min(start + batch_size, len(data)))).to(device)
+        outputs.append(model.features(batch).double().cpu())
+    return torch.cat(outputs).numpy()
+
+
+def group_positions(labels: torch.Tensor) -> Dict[int, np.ndarray]:
+    labels = labels.numpy()
+    return {int(v): np.flatnonzero(labels == v) for v in np.unique(labels)}
+
+
+# ------------------------------------------------------------------------------------------- Inception FID
+
+
+def inception_weights_path(explicit: Optional[str] = None) -> Optional[Path]:
+    """torch-fidelity's FID Inception weights if present (given path, else torch.hub's cache), else None."""
+    if explicit:
+        return Path(explicit) if Path(explicit).is_file() else None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    return cached if cached.is_file() else None
+
+
+def inception_fid(real: LabelledImages, generated: LabelledImages, *, weights: Optional[str] = None,
+                  batch_size: int = 64) -> dict:
+    """torchmetrics' Inception FID (2048 features), or why it was not computed. Never downloads anything."""
+    try:
+        import torch_fidelity  # noqa: F401 - torchmetrics' Inception needs it
+    except ImportError:
+        return {"value": None, "status": "not computed: torch-fidelity is not installed (pip install torch-fidelity)"}
+    path = inception_weights_path(weights)
+    if path is None:
+        return {"value": None, "status": f"not computed: weights unavailable ({INCEPTION_WEIGHTS_FILE} is not in "
+                                        f"{Path(torch.hub.get_dir()) / 'checkpoints'}; pass --inception_weights)"}
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    try:
+        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path))
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign weights file: report, do not crash the run
+        return {"value": None, "status": f"not computed: {path} could not be loaded ({type(exc).__name__}: {exc})"}
+    for data, is_real in ((real, True), (generated, False)):
+        for start in range(0, len(data), batch_size):
+            metric.update(data.images[start:start + batch_size], real=is_real)  # uint8, resized to 299 inside
+    return {"value": float(metric.compute()), "status": f"computed with {path}"}
+
+
+# ------------------------------------------------------------------------------------------- the evaluation
+
+
+def _distribution_metrics(reference: np.ndarray, generated: np.ndarray, *, k: int, kid_subsets: int,
+                          kid_subset_size: int, seed: int) -> dict:
+    if len(reference) < 2 or len(generated) < 2:
+        return {"skipped": f"needs at least 2 samples on each side ({len(reference)} real, {len(generated)} "
+                           f"generated)"}
+    kid_mean, kid_std = kernel_inception_distance(reference, generated, num_subsets=kid_subsets,
+                                                  subset_size=kid_subset_size, seed=seed)
+    return {"fid": frechet_distance(reference, generated), "kid": kid_mean, "kid_std": kid_std,
+            **precision_recall_density_coverage(reference, generated, k=k),
+            "real_images": int(len(reference)), "generated_images": int(len(generated))}
+
+
+def obtain_feature_classifier(classifier, splits: Dict[str, LabelledImages], num_classes: int,
+                              config: IdentificationConfig, out_dir: Path, log=print) -> SpectrogramClassifier:
+    """The given classifier (model or saved folder), or one trained on the real train split (val selects)."""
+    if isinstance(classifier, SpectrogramClassifier):
+        model = classifier
+    elif classifier is not None:
+        model = load_classifier(classifier, device=resolve_device(config.device))
+    else:
+        log("Training the feature classifier on the real train split ...")
+        model, history = train_classifier([splits["train"]], splits["val"], num_classes=num_classes, config=config,
+                                          forbidden_keys=splits["test"].keys, log=log)
+        model.save_pretrained(str(out_dir / "feature_classifier"))
+        log(f"  best epoch {history['best_epoch']}, val accuracy {history['best_val_accuracy']:.4f}")
+    if model.config.num_classes != num_classes:
+        raise ValueError(f"The feature classifier has {model.config.num_classes} classes but the manifest has "
+                         f"{num_classes} people: use a classifier trained on this manifest.")
+    return model.eval()
+
+
+def evaluate_generation(manifest_dir, generated_dir, out_dir="generation_metrics", *, classifier=None,
+                        config: Optional[IdentificationConfig] = None, k: int = 5, kid_subsets: int = 100,
+                        kid_subset_size: int = 1000, classification_accuracy_score: bool = True,
+                        inception: bool = True, inception_weights: Optional[str] = None, data_root=None,
+                        max_generated_per_person: Optional[int] = None, command: Optional[str] = None,
+                        log=print) -> dict:
+    """Compute every generation metric (overall and per person) and write generation_metrics.json/.md.
+
+    Reference set: the real TRAIN split (what the generator learned from). Baseline: the same metrics for the
+    real VALIDATION split against it, i.e. the numbers a perfect generator of fresh real data would get with
+    this many samples. ``classifier`` is a SpectrogramClassifier, a folder saved by one, or None to train one
+    (preset and image size from ``config``; with a given classifier its own training image size is used).
+    """
+    from microdoppler_finetune.data import load_manifest
+
+    start = time.time()
+    config = config or IdentificationConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(manifest_dir, data_root=data_root) if data_root else load_manifest(manifest_dir)
+    if classifier is not None and not isinstance(classifier, SpectrogramClassifier):
+        classifier = load_classifier(classifier, device=resolve_device(config.device))
+    if isinstance(classifier, SpectrogramClassifier) and classifier.config.image_size:
+        config = IdentificationConfig(**{**config.__dict__, "image_size": int(classifier.config.image_size)})
+    log(f"Loading images at {config.image_size}x{config.image_size} ...")
+    splits = {s: load_split_images(manifest, s, image_size=config.image_size, num_workers=config.num_workers)
+              for s in ("train", "val", "test")}
+    generated = load_generated_images(generated_dir, manifest, image_size=config.image_size,
+                                      max_per_person=max_generated_per_person, seed=config.seed)
+    model = obtain_feature_classifier(classifier, splits, manifest.num_persons, config, out, log)
+    features = {name: extract_features(model, data) for name, data in splits.items()}
+    features["generated"] = extract_features(model, generated)
+    metric_args = dict(k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=config.seed)
+
+    overall = {
+        "generated": _distribution_metrics(features["train"], features["generated"], **metric_args),
+        "real_val_baseline": _distribution_metrics(features["train"], features["val"], **metric_args),
+        "memorisation": memorisation_report(features["generated"], features["train"], features["test"],
+                                            generated_keys=generated.keys, train_keys=splits["train"].keys),
+    }
+    per_person = {}
+    train_groups = group_positions(splits["train"].person_ids)
+    val_groups = group_positions(splits["val"].person_ids)
+    test_groups = group_positions(splits["test"].person_ids)
+    all_generated_distance, all_nearest = nearest_neighbours(features["generated"], features["train"])
+    all_test_distance, _ = nearest_neighbours(features["test"], features["train"])
+    for person, positions in sorted(group_positions(generated.person_ids).items()):
+        name = manifest.person_names[person]
+        reference = features["train"][train_groups.get(person, np.array([], dtype=int))]
+        entry = {
+            "generated": _distribution_metrics(reference, features["generated"][positions], **metric_args),
+            "real_val_baseline": _distribution_metrics(
+                reference, features["val"][val_groups.get(person, np.array([], dtype=int))], **metric_args),
+        }
+        person_test = test_groups.get(person)
+        if person_test is not None and len(person_test):
+            # Nearest neighbours over the WHOLE training set: copying another person's image also counts.
+            entry["memorisation"] = _memorisation_summary(
+                all_generated_distance[positions], all_nearest[positions], all_test_distance[person_test],
+                generated_keys=[generated.keys[i] for i in positions], train_keys=splits["train"].keys, closest=3)
+        per_person[name] = entry
+    missing_people = sorted(set(range(manifest.num_persons)) - set(group_positions(generated.person_ids)))
+
+    results = {
+        "manifest": str(manifest_dir), "generated_dir": str(generated_dir), "generated_images": len(generated),
+        "feature_space": f"identification classifier embedding ({model.feature_dim} dims, preset "
+                         f"'{config.preset}', {config.image_size} px)",
+        "reference": "real train split", "baseline": "real val split vs real train split",
+        "overall": overall, "per_person": per_person,
+        "people_without_generated_images": [manifest.person_names[p] for p in missing_people],
+        "inception_fid": (inception_fid(splits["train"], generated, weights=inception_weights) if inception else
+                          {"value": None, "status": "not computed: disabled (--no_inception)"}),
+        "command": command if command is not None else current_command(),
+    }
+    if classification_accuracy_score:
+        log("Classification accuracy score: training on generated images only ...")
+        cas_model, history = train_classifier([generated], splits["val"], num_classes=manifest.num_persons,
+                                              config=config, forbidden_keys=splits["test"].keys, log=log)
+        report = accuracy_report(predict_logits(cas_model, splits["test"]).argmax(1), splits["test"],
+                                 manifest.person_names, manifest.condition_names)
+        results["classification_accuracy_score"] = {
+            "test_accuracy": report["accuracy"], "test_images": report["images"],
+            "best_epoch": history["best_epoch"], "val_accuracy": history["best_val_accuracy"],
+            "per_person": {k: v["accuracy"] for k, v in report["per_person"].items()},
+            "per_condition": {k: v["accuracy"] for k, v in report["per_condition"].items()}}
+        for name, accuracy in results["classification_accuracy_score"]["per_person"].items():
+            per_person.setdefault(name, {})["cas_test_accuracy"] = accuracy
+    results["seconds"] = round(time.time() - start, 1)
+    (out / METRICS_JSON).write_text(json.dumps(results, indent=2))
+    (out / METRICS_MD).write_text(metrics_markdown(results))
+    log(f"Wrote {out / METRICS_JSON} and {out / METRICS_MD}")
+    return results
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _metric_cells(metrics: dict) -> str:
+    if "fid" not in metrics:
+        return "| " + metrics.get("skipped", "") + " | | | | | | |"
+    return (f"| {_fmt(metrics['fid'], 3)} | {_fmt(metrics['kid'])} | {_fmt(metrics['precision'], 3)} | "
+            f"{_fmt(metrics['recall'], 3)} | {_fmt(metrics['density'], 3)} | {_fmt(metrics['coverage'], 3)} | "
+            f"{metrics['generated_images']} |")
+
+
+def metrics_markdown(results: dict) -> str:
+    overall = results["overall"]
+    memo = overall["memorisation"]
+    lines = ["# Generation metrics", "",
+             f"Feature space: {results['feature_space']}. Reference: {results['reference']}; baseline: "
+             f"{results['baseline']}.", "",
+             "| set | FID | KID | precision | recall | density | coverage | images |", "|---|---|---|---|---|---|---|---|",
+             "| generated " + _metric_cells(overall["generated"]),
+             "| real val (baseline) " + _metric_cells(overall["real_val_baseline"]), "",
+             f"Inception FID: {_fmt(results['inception_fid']['value'], 3) or results['inception_fid']['status']}", ""]
+    if "classification_accuracy_score" in results:
+        cas = results["classification_accuracy_score"]
+        lines += [f"Classification accuracy score (train on generated, test on the real test split): "
+                  f"{cas['test_accuracy']:.4f} on {cas['test_images']} images (best epoch {cas['best_epoch']}, "
+                  f"val {cas['val_accuracy']:.4f}).", ""]
+    lines += ["## Memorisation", "",
+              f"Distance to the nearest real training sample: generated median {memo['generated_median_distance']:.4f}"
+              f" (5th percentile {memo['generated_p05_distance']:.4f}) vs real test median "
+              f"{memo['test_median_distance']:.4f} (5th percentile {memo['test_p05_distance']:.4f}); ratio "
+              f"{memo['median_ratio_generated_to_test']:.3f}. {memo['fraction_closer_than_test_p05'] * 100:.1f}% of "
+              f"generated samples are closer than the real test 5th percentile; {memo['copies']} copies.", "",
+              "Closest pairs:", ""] + [f"- `{p['generated']}` ~ `{p['train']}` ({p['distance']:.4f})"
+                                       for p in memo["closest_pairs"]]
+    lines += ["", "## Per person", "",
+              "| person | FID | KID | precision | recall | density | coverage | images | baseline FID | "
+              "memorisation ratio | CAS acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in results["per_person"].items():
+        if "generated" not in entry:
+            continue
+        baseline = entry["real_val_baseline"]
+        ratio = entry.get("memorisation", {}).get("median_ratio_generated_to_test")
+        lines.append(f"| {name} " + _metric_cells(entry["generated"]) + f" {_fmt(baseline.get('fid'), 3)} | "
+                     f"{_fmt(ratio, 3)} | {_fmt(entry.get('cas_test_accuracy'))} |")
+    if results["people_without_generated_images"]:
+        lines += ["", f"No generated images for: {', '.join(results['people_without_generated_images'])}."]
+    lines += ["", f"Command: `{results['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared with step6_evaluate."""
+    parser.add_argument("--dataset_dir", required=True, help="folder with manifest.csv (step3's output)")
+    parser.add_argument("--generated", help="folder of generated images in the dataset layout (ID_n/*.jpg or "
+                        "<Condition>/ID_n/*.jpg)")
+    parser.add_argument("--data_root", help="where the manifest's images are now, if they moved since step3")
+    parser.add_argument("--preset", default=IdentificationConfig.preset, help="classifier preset (tiny, small, "
+                        "standard)")
+    parser.add_argument("--image_size", type=int, default=IdentificationConfig.image_size)
+    parser.add_argument("--epochs", type=int, default=IdentificationConfig.epochs)
+    parser.add_argument("--patience", type=int, default=IdentificationConfig.patience)
+    parser.add_argument("--batch_size", type=int, default=IdentificationConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=IdentificationConfig.learning_rate)
+    parser.add_argument("--seed", type=int, default=IdentificationConfig.seed)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--num_workers", type=int, default=0, help="image loading workers")
+    parser.add_argument("--max_generated_per_person", type=int, help="use at most N generated images per person")
+
+
+def config_from_args(args: argparse.Namespace) -> IdentificationConfig:
+    return IdentificationConfig(preset=args.preset, image_size=args.image_size, epochs=args.epochs,
+                                patience=args.patience, batch_size=args.batch_size, learning_rate=args.lr,
+                                seed=args.seed, device=args.device, num_workers=args.num_workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evaluate_generation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--out_dir", required=True, help="where generation_metrics.json/.md go")
+    parser.add_argument("--classifier", help="a saved feature classifier (default: train one on the real train "
+                        "split)")
+    parser.add_argument("--k", type=int, default=5, help="neighbours for precision/recall/density/coverage")
+    parser.add_argument("--no_cas", action="store_true", help="skip the classification accuracy score")
+    parser.add_argument("--no_inception", action="store_true", help="skip the Inception FID")
+    parser.add_argument("--inception_weights", help=f"path of {INCEPTION_WEIGHTS_FILE} (torch-fidelity)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if not args.generated:
+        raise SystemExit("--generated is required: the folder of generated images to evaluate.")
+    return evaluate_generation(args.dataset_dir, args.generated, args.out_dir, classifier=args.classifier,
+                               config=config_from_args(args), k=args.k, classification_accuracy_score=not args.no_cas,
+                               inception=not args.no_inception, inception_weights=args.inception_weights,
+                               data_root=args.data_root, max_generated_per_person=args.max_generated_per_person)
+
+
+if __name__ == "__main__":
+    main()
