@@ -37,6 +37,7 @@ METHODS = ("real", "real+generated", "real+augmentation")
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 SOURCE_CONDITION_PREFIX = "normal"    # cross-condition experiment: train on these conditions ...
 TARGET_CONDITION_PREFIX = "backpack"  # ... and test on these
+FALLBACK_BLOCKS = 10  # frame blocks per (person, condition) that has a single recording in the train split
 
 
 # ------------------------------------------------------------------------------------------- configuration
@@ -165,111 +166,10 @@ def load_split_images(manifest, split: str, *, image_size: int, batch_size: int 
 
 
 def _recording_key(entry) -> str:
-    recording = entry_value(entry, "recording", "") or ""
-    if not str(recording):
-        raise ValueError(f"Manifest entry {entry_value(entry, 'path')} has no recording: the manifest must give "
-                         f"every image a recording (or frame block) so fractions keep whole recordings. Re-run "
-                         f"step3 to rebuild the manifest.")
-    # A recording name is only unique within a person and condition.
-    return f"{entry_value(entry, 'person_id')}/{entry_value(entry, 'condition_id', 0)}/{recording}"
-
-
-def map_person_names(names: Iterable[str], manifest_names: Sequence[str], *, folder) -> Dict[str, int]:
-    """Manifest person id of each generated person folder, matched by NAME (never by position).
-
-    An exact name match wins; otherwise the person number decides, so ID_7, ID7 and 07 are the same person.
-    """
-    from microdoppler_finetune.data.layouts import person_number
-
-    exact = {name: i for i, name in enumerate(manifest_names)}
-    by_number = {}
-    for i, name in enumerate(manifest_names):
-        number = person_number(str(name))
-        if number is not None:
-            by_number[number] = i
-    mapping, unknown = {}, []
-    for name in names:
-        if name in exact:
-            mapping[name] = exact[name]
-        elif person_number(name) is not None and person_number(name) in by_number:
-            mapping[name] = by_number[person_number(name)]
-        else:
-            unknown.append(name)
-    if unknown:
-        raise ValueError(f"{folder}: person folders {', '.join(sorted(unknown))} are not people of the manifest "
-                         f"({', '.join(map(str, manifest_names))}). Generated folders must be named like the "
-                         f"real ones (ID_n).")
-    return mapping
-
-
-def map_condition_names(names: Iterable[str], manifest_conditions: Sequence[str], *, folder) -> Dict[str, int]:
-    """Manifest condition id of each generated condition folder (case-insensitive); -1 when unknowable.
-
-    A generated folder without condition folders gets the manifest's only condition if it has one, else -1
-    (unknown: such images are used as training data but never as a specific condition).
-    """
-    from microdoppler_finetune.data.layouts import DEFAULT_CONDITION
-
-    lowered = {str(c).lower(): i for i, c in enumerate(manifest_conditions)}
-    mapping, unknown = {}, []
-    for name in names:
-        if name.lower() in lowered:
-            mapping[name] = lowered[name.lower()]
-        elif name == DEFAULT_CONDITION:
-            mapping[name] = 0 if len(manifest_conditions) == 1 else -1
-        else:
-            unknown.append(name)
-    if unknown:
-        raise ValueError(f"{folder}: condition folders {', '.join(sorted(unknown))} are not conditions of the "
-                         f"manifest ({', '.join(map(str, manifest_conditions))}).")
-    return mapping
-
-
-def load_generated_images(generated_dir, manifest, *, image_size: int, max_per_person: Optional[int] = None,
-                          seed: int = 0, num_workers: int = 0) -> LabelledImages:
-    """A folder of generated images in the dataset layout (ID_n/*.jpg or <Condition>/ID_n/*.jpg), as training
-    data labelled with the MANIFEST's person and condition ids (matched by folder name)."""
-    from microdoppler_finetune.data.layouts import scan_dataset
-
-    folder = Path(generated_dir)
-    scan = scan_dataset(folder)
-    if not scan.images:
-        raise ValueError(f"{folder} holds no images. Pass the folder the sampling step wrote (ID_n/*.jpg).")
-    persons = map_person_names(scan.persons, manifest.person_names, folder=folder)
-    conditions = map_condition_names(scan.conditions, manifest.condition_names, folder=folder)
-    images = list(scan.images)
-    if max_per_person is not None:
-        rng = random.Random(seed)
-        by_person: Dict[str, list] = {}
-        for image in images:
-            by_person.setdefault(image.person, []).append(image)
-        images = []
-        for person in sorted(by_person):
-            group = by_person[person]
-            images.extend(group if len(group) <= max_per_person else rng.sample(group, max_per_person))
-    dataset = _ImageFiles([str(i.path) for i in images], [persons[i.person] for i in images],
-                          [conditions[i.condition] for i in images], image_size)
-    pixels, person_ids, condition_ids, _, paths = _collect(dataset, batch_size=64, num_workers=num_workers,
-                                                           description=str(folder))
-    return LabelledImages(pixels, person_ids, condition_ids, paths, [""] * len(paths), "generated")
-
-
-class _ImageFiles(torch.utils.data.Dataset):
-    """Image files with given labels, preprocessed exactly like the real data (the data package's loader)."""
-
-    def __init__(self, paths: List[str], person_ids: List[int], condition_ids: List[int], image_size: int):
-        self.paths, self.person_ids, self.condition_ids, self.image_size = paths, person_ids, condition_ids, image_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict:
-        from microdoppler_finetune.data.images import load_rgb
-
-        pixels = torch.from_numpy(np.asarray(load_rgb(Path(self.paths[i]), self.image_size), dtype=np.uint8).copy())
-        image = pixels.permute(2, 0, 1).float() / 127.5 - 1.0  # [3, H, W] in [-1, 1], like the real data
-        return {"image": image, "person_id": self.person_ids[i],
-                "condition_id": self.condition_ids[i], "index": i, "path": self.paths[i]}
+    """The manifest's split unit of an image: its ``group`` (a recording, or a frame block of one), else its
+    recording; "" when the file names carry neither. Only unique within a person and condition, hence the prefix."""
+    unit = entry_value(entry, "group", "") or entry_value(entry, "recording", "") or ""
+    return f"{entry_value(entry, 'person_id')}/{entry_value(entry, 'condition_id', 0)}/{unit}"
 
 
 # ------------------------------------------------------------------------------------------- data selection
@@ -281,7 +181,7 @@ def select_fraction_by_recording(data: LabelledImages, fraction: float, seed: in
     Each (person, condition) keeps round(fraction x its recordings) recordings, at least one, so every person
     stays present. The order is a seeded shuffle of the sorted recording names and a smaller fraction takes a
     prefix of it, so the 10 % subset is inside the 25 % subset (a curve over fractions adds data, it does not
-    swap it).
+    swap it). A (person, condition) with a single recording is cut into FALLBACK_BLOCKS contiguous frame blocks.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"real_fraction must be in (0, 1], got {fraction}.")
@@ -289,6 +189,13 @@ def select_fraction_by_recording(data: LabelledImages, fraction: float, seed: in
     for position, (person, condition, recording) in enumerate(
             zip(data.person_ids.tolist(), data.condition_ids.tolist(), data.recordings)):
         groups.setdefault((person, condition), {}).setdefault(recording, []).append(position)
+    for group_key, recordings in groups.items():
+        if len(recordings) == 1:
+            # One recording (or names without any) for this person and condition: contiguous frame blocks
+            # (in manifest order, i.e. frame order) stand in for recordings so a fraction can still be taken.
+            (name, positions), = recordings.items()
+            blocks = np.array_split(np.asarray(positions), min(FALLBACK_BLOCKS, len(positions)))
+            groups[group_key] = {f"{name}#block{b:02d}": block.tolist() for b, block in enumerate(blocks)}
     chosen: List[int] = []
     for group_key in sorted(groups):
         recordings = sorted(groups[group_key])

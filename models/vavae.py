@@ -30,7 +30,6 @@ from diffusers.utils import BaseOutput
 
 from models.checkpoints import (
     KeyMismatchError,
-    KeyReport,
     load_state_dict_checked,
     load_torch_file,
     read_safetensors,
@@ -45,7 +44,6 @@ PathLike = Union[str, Path]
 
 DOWN_PLAIN, DOWN_ATTN = "DownEncoderBlock2D", "AttnDownEncoderBlock2D"
 UP_PLAIN, UP_ATTN = "UpDecoderBlock2D", "AttnUpDecoderBlock2D"
-DEFAULT_FOUNDATION_MODEL = "vit_large_patch14_dinov2.lvd142m"
 
 
 def block_types(num_levels: int, attention_levels: Sequence[int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -635,7 +633,10 @@ def load_vavae_state_dict(state_dict: Mapping[str, torch.Tensor], *, source: str
             dropped = [chosen + k for k in inside if k.startswith(drop_prefix)]
             if dropped:
                 ignored.setdefault(reason, []).extend(dropped)
-        inside = checkpoint_filter_fn(inside, model)  # renames; raises on any key it cannot explain
+        try:
+            inside = checkpoint_filter_fn(inside, model)  # renames; raises on any key it cannot explain
+        except KeyMismatchError as exc:
+            raise KeyMismatchError(f"{source} (architecture {how}):\n{exc}") from exc
     report = load_state_dict_checked(model, inside, source=f"{source} [{layout} layout, prefix '{chosen}', "
                                                             f"architecture {how}]", ignored=ignored, hint=_ARCH_HINT)
     model.load_report = report
@@ -723,6 +724,6 @@ def _json_config(model: VAVAE) -> dict:
 __all__ = [
     "VAVAE", "VAVAEOutput", "VAVAE_PRESETS", "create_vavae", "load_vavae", "load_vavae_state_dict",
     "checkpoint_filter_fn", "ldm_key_to_ours", "ours_key_to_ldm", "infer_config_from_weights",
-    "infer_config_from_ldm", "detect_layout", "save_ldm_safetensors", "block_types", "KeyReport",
-    "LDM_KEY_RULES", "LDM_DROPPED_PREFIXES",
+    "infer_config_from_ldm", "detect_layout", "save_ldm_safetensors", "block_types", "LDM_KEY_RULES",
+    "LDM_DROPPED_PREFIXES",
 ]

@@ -7,7 +7,9 @@ split would put copies of test images into training. The split therefore works o
   person — gets val and test images when it has enough data (cross-condition evaluation needs that).
 * A cell with at least ``min_recordings`` recordings (default: one per split) is split by whole recordings:
   no recording is in two splits. Several seeded shuffles are tried and the one whose image counts are
-  closest to the requested fractions wins; each requested split gets at least one recording.
+  closest to the requested fractions wins; each requested split gets at least one recording. If even the
+  best one misses a held-out fraction by more than a factor of two (e.g. 3 equal recordings: 33% each
+  instead of 15%) and by more than the frames the gaps below would cost, the cell is cut into blocks.
 * A cell with fewer recordings (or file names that carry none: then its frames in frame/name order form
   one pseudo-recording) is cut into one contiguous block per split. Where a cut falls inside a recording,
   ``gap_frames`` frames at the cut are left out of every split (split ``"gap"``) so the overlapping
@@ -90,10 +92,26 @@ def split_cell(units: Sequence[SplitUnit], *, val_fraction: float, test_fraction
     min_recordings = len(needed) if min_recordings is None else max(int(min_recordings), len(needed))
     if len(needed) == 1:
         return {u.key: Assignment("train", u.recording) for u in units}, "recordings", ""
+    note = ""
     if len(recordings) >= min_recordings:
-        return _split_by_recordings(by_recording, recordings, fractions, needed, rng), "recordings", ""
+        assignment, counts, targets = _split_by_recordings(by_recording, recordings, fractions, needed, rng)
+        if _close_enough(counts, targets, gap_frames):
+            return assignment, "recordings", ""
+        note = ("whole recordings would give " + ", ".join(f"{s} {counts[s]} (target {targets[s]:.1f})"
+                                                           for s in targets) + "; cut into blocks instead. ")
     timeline = [u for name in recordings for u in by_recording[name]]
-    return _split_by_blocks(timeline, fractions, needed, gap_frames, rng)
+    assignment, method, block_note = _split_by_blocks(timeline, fractions, needed, gap_frames, rng)
+    return assignment, method, (note + block_note).strip()
+
+
+def _close_enough(counts: dict, targets: dict, gap_frames: int) -> bool:
+    """Whole recordings are kept unless a held-out split misses its target by more than a factor of two AND
+    by more than the frames a block split would lose to its gaps (so small cells keep whole recordings)."""
+    for split, target in targets.items():
+        miss = abs(counts[split] - target)
+        if not (0.5 * target <= counts[split] <= 2.0 * target) and miss > 2 * gap_frames + 1:
+            return False
+    return True
 
 
 def _split_by_recordings(by_recording, recordings, fractions, needed, rng) -> dict:
@@ -123,13 +141,16 @@ def _split_by_recordings(by_recording, recordings, fractions, needed, rng) -> di
         if best_cost is None or cost < best_cost:
             best_cost, best = cost, chosen
     split_of = {name: split for split, names in best.items() for name in names}
-    return {u.key: Assignment(split_of[name], name) for name in recordings for u in by_recording[name]}
+    counts = {s: sum(sizes[r] for r in best[s]) for s in held_out}
+    assignment = {u.key: Assignment(split_of[name], name) for name in recordings for u in by_recording[name]}
+    return assignment, counts, targets
 
 
 def _block_sizes(total: int, fractions: dict, needed: list[str], gap_frames: int) -> Optional[dict]:
     """Sizes of the val/test blocks (train takes the rest), or None when the cell is too small."""
-    sizes = {s: max(1, round(fractions[s] * total)) for s in needed if s != "train"}
     worst_gaps = (len(needed) - 1) * gap_frames
+    # Fractions of the images that end up in a split (gap frames belong to none).
+    sizes = {s: max(1, round(fractions[s] * (total - worst_gaps))) for s in needed if s != "train"}
     while sum(sizes.values()) + 1 + worst_gaps > total:
         largest = max(sizes, key=lambda s: sizes[s])
         if sizes[largest] == 1:
