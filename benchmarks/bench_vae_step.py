@@ -85,8 +85,8 @@ def run(args, use_cache: bool) -> dict:
         module.frozen.to("cuda" if torch.cuda.is_available() else "cpu")
         for i in range(len(data)):
             item = data[i]
-            cache.features_for_batch({"path": [item["path"]]}, item["image"][None].to(module.frozen.foundation.mean.device),
-                                     module.frozen.foundation)
+            device = module.frozen.foundation.mean.device
+            cache.features_for_batch({"path": [item["path"]]}, item["image"][None].to(device), module.frozen.foundation)
     timer = StepTimer()
     steps = args.warmup + args.steps
     trainer = pl.Trainer(max_steps=-1, max_epochs=1, limit_train_batches=steps, limit_val_batches=0,

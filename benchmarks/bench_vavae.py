@@ -76,7 +76,7 @@ def main(argv=None) -> None:
         sync(device)
         times.append(time.perf_counter() - started)
     line = (f"forward+backward: {statistics.median(times):.3f} s/step median, min {min(times):.3f}, "
-            f"max {max(times):.3f} over {len(times)} steps ({args.batch / statistics.median(times):.1f} images/s)")
+            f"max {max(times):.3f} over {len(times)} steps ({args.batch / statistics.median(times):.2f} images/s)")
     if device.type == "cuda":
         line += f"; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
     print(line)

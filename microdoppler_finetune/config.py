@@ -116,6 +116,7 @@ class VAETrainConfig:
     gradient_clip_val: Optional[float] = None  # None/0: no clipping (as released); applied under manual optimisation
     gradient_clip_algorithm: str = "norm"
     precision: str = "32-true"  # 32-true | 16-mixed (T4) | bf16-mixed (Ampere or newer)
+    amp_init_scale: float = 1.0  # 16-mixed: first grad-scaler scale (a pixel-sum loss overflows fp16 at 65536)
     accelerator: str = "auto"
     devices: str = "auto"  # "auto", a count ("2") or GPU ids ("0,1")
     strategy: str = "auto"  # auto: DDP when more than one device
@@ -197,6 +198,7 @@ class DiTTrainConfig:
     ema_decay: float = 0.9999
     # auto: fp16 + GradScaler on CUDA GPUs without bf16 (T4, P100), bf16 where supported, fp32 on the CPU.
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    device: str = "auto"  # auto: cuda (one GPU per torchrun process) when available, else cpu (gloo for DDP)
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
     resample_latents: bool = True  # draw a fresh posterior sample of each latent every time it is read
     time_budget: Optional[str] = None  # e.g. "11h30m": save and stop cleanly; rerun to continue
@@ -206,7 +208,7 @@ class DiTTrainConfig:
     val_every: int = 1000
     sample_every: int = 5000  # sample grid (one row per person); 0: never
     checkpoint_every: int = 5000
-    keep_checkpoints: int = 3  # newest {step:07d}.pt files kept (best.pt is kept apart)
+    keep_checkpoints: int = 2  # newest {step:07d}.pt files kept (an XL fine-tune checkpoint is several GB)
     val_seed: int = 1234  # fixed noise and timesteps of the validation loss
     val_timesteps: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     max_nonfinite_in_a_row: int = 5  # skipped steps with a non-finite loss before training stops

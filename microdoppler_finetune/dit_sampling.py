@@ -16,7 +16,6 @@ result does not depend on the batch size, and the ODE samplers add no noise of t
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass

@@ -16,13 +16,14 @@ Images are loaded once per split and kept in memory as uint8 tensors [N, 3, H, W
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import random
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -107,10 +108,10 @@ class LabelledImages:
                               [self.keys[i] for i in index.tolist()], [self.recordings[i] for i in index.tolist()],
                               source or self.source)
 
-    def float_images(self, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[B,3,H,W] float in [-1, 1] (the range the classifier was trained on)."""
+    def float_images(self, positions: Optional[torch.Tensor] = None, device=None) -> torch.Tensor:
+        """[B,3,H,W] float in [-1, 1] (the dataset's range) on ``device``; uint8 is moved, then converted."""
         images = self.images if positions is None else self.images[positions]
-        return images.float() / 127.5 - 1.0
+        return images.to(device).float() / 127.5 - 1.0
 
 
 def concatenate(parts: Sequence[LabelledImages], source: str) -> LabelledImages:
@@ -170,6 +171,122 @@ def _recording_key(entry) -> str:
     recording; "" when the file names carry neither. Only unique within a person and condition, hence the prefix."""
     unit = entry_value(entry, "group", "") or entry_value(entry, "recording", "") or ""
     return f"{entry_value(entry, 'person_id')}/{entry_value(entry, 'condition_id', 0)}/{unit}"
+
+
+def map_person_names(names: Iterable[str], manifest_names: Sequence[str], *, folder) -> Dict[str, int]:
+    """Manifest person id of each generated person folder, matched by NAME (never by position).
+
+    An exact name match wins; otherwise the person number decides, so ID_7, ID7 and 07 are the same person.
+    """
+    from microdoppler_finetune.data.layouts import person_number
+
+    exact = {str(name): i for i, name in enumerate(manifest_names)}
+    by_number = {}
+    for i, name in enumerate(manifest_names):
+        number = person_number(str(name))
+        if number is not None:
+            by_number[number] = i
+    mapping, unknown = {}, []
+    for name in names:
+        if name in exact:
+            mapping[name] = exact[name]
+        elif person_number(name) is not None and person_number(name) in by_number:
+            mapping[name] = by_number[person_number(name)]
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"{folder}: person folders {', '.join(sorted(unknown))} are not people of the manifest "
+                         f"({', '.join(map(str, manifest_names))}). Generated folders must be named like the "
+                         f"real ones (ID_n).")
+    return mapping
+
+
+def map_condition_names(names: Iterable[str], manifest_conditions: Sequence[str], *, folder) -> Dict[str, int]:
+    """Manifest condition id of each generated condition folder (case-insensitive); -1 when unknowable.
+
+    A generated folder without condition folders gets the manifest's only condition if it has one, else -1
+    (unknown: such images are used as training data but never as a specific condition).
+    """
+    from microdoppler_finetune.data.layouts import DEFAULT_CONDITION
+
+    lowered = {str(c).lower(): i for i, c in enumerate(manifest_conditions)}
+    mapping, unknown = {}, []
+    for name in names:
+        if name.lower() in lowered:
+            mapping[name] = lowered[name.lower()]
+        elif name == DEFAULT_CONDITION:
+            mapping[name] = 0 if len(manifest_conditions) == 1 else -1
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"{folder}: condition folders {', '.join(sorted(unknown))} are not conditions of the "
+                         f"manifest ({', '.join(map(str, manifest_conditions))}).")
+    return mapping
+
+
+def load_generated_images(generated_dir, manifest, *, image_size: int, max_per_person: Optional[int] = None,
+                          seed: int = 0, num_workers: int = 0) -> LabelledImages:
+    """A folder of generated images in the dataset layout (ID_n/*.jpg or <Condition>/ID_n/*.jpg), as training
+    data labelled with the MANIFEST's person and condition ids (matched by folder name)."""
+    from microdoppler_finetune.data.layouts import scan_dataset
+
+    folder = Path(generated_dir)
+    scan = scan_dataset(folder)
+    if not scan.images:
+        raise ValueError(f"{folder} holds no images. Pass the folder the sampling step wrote (ID_n/*.jpg).")
+    persons = map_person_names(scan.persons, manifest.person_names, folder=folder)
+    conditions = map_condition_names(scan.conditions, manifest.condition_names, folder=folder)
+    images = list(scan.images)
+    if max_per_person is not None:
+        rng = random.Random(seed)
+        by_person: Dict[str, list] = {}
+        for image in images:
+            by_person.setdefault(image.person, []).append(image)
+        images = []
+        for person in sorted(by_person):
+            group = by_person[person]
+            images.extend(group if len(group) <= max_per_person else rng.sample(group, max_per_person))
+    _refuse_held_out_copies(folder, images, manifest)
+    dataset = _ImageFiles([str(i.path) for i in images], [persons[i.person] for i in images],
+                          [conditions[i.condition] for i in images], image_size)
+    pixels, person_ids, condition_ids, _, paths = _collect(dataset, batch_size=64, num_workers=num_workers,
+                                                           description=str(folder))
+    return LabelledImages(pixels, person_ids, condition_ids, paths, [""] * len(paths), "generated")
+
+
+def _refuse_held_out_copies(folder: Path, images: Sequence, manifest) -> None:
+    """A generated folder must not smuggle real validation/test images into training: byte-identical files
+    (the manifest stores every image's sha256) stop the run."""
+    held_out = {e["sha256"]: e["path"] for e in manifest.entries_for(["val", "test"]) if e.get("sha256")}
+    if not held_out:
+        return
+    copies = []
+    for image in images:
+        digest = hashlib.sha256(Path(image.path).read_bytes()).hexdigest()
+        if digest in held_out:
+            copies.append(f"{image.rel_path} = {held_out[digest]}")
+    if copies:
+        raise ValueError(f"{folder} holds {len(copies)} files identical to real validation/test images (e.g. "
+                         f"{'; '.join(copies[:3])}). Training on them would leak the held-out splits: pass a folder "
+                         f"with generated images only.")
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Image files with given labels, preprocessed exactly like the real data (the data package's loader)."""
+
+    def __init__(self, paths: List[str], person_ids: List[int], condition_ids: List[int], image_size: int):
+        self.paths, self.person_ids, self.condition_ids, self.image_size = paths, person_ids, condition_ids, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        from microdoppler_finetune.data.images import load_rgb
+
+        pixels = torch.from_numpy(np.asarray(load_rgb(Path(self.paths[i]), self.image_size), dtype=np.uint8).copy())
+        image = pixels.permute(2, 0, 1).float() / 127.5 - 1.0  # [3, H, W] in [-1, 1], like the real data
+        return {"image": image, "person_id": self.person_ids[i], "condition_id": self.condition_ids[i],
+                "index": i, "path": self.paths[i]}
 
 
 # ------------------------------------------------------------------------------------------- data selection
@@ -247,7 +364,7 @@ def predict_logits(model: SpectrogramClassifier, data: LabelledImages, *, batch_
     model.eval()  # eval: BatchNorm running statistics, no dropout
     outputs = []
     for start in range(0, len(data), batch_size):
-        batch = data.float_images(torch.arange(start, min(start + batch_size, len(data)))).to(device)
+        batch = data.float_images(torch.arange(start, min(start + batch_size, len(data))), device)
         outputs.append(model(batch).float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros(0, model.config.num_classes)
 
@@ -260,7 +377,7 @@ def _accuracy_and_loss(model, data: LabelledImages, batch_size: int, device) -> 
 
 
 def train_classifier(train_sources: Sequence[LabelledImages], val_split: LabelledImages, *, num_classes: int,
-                     config: IdentificationConfig = IdentificationConfig(), augment: bool = False,
+                     config: Optional[IdentificationConfig] = None, augment: bool = False,
                      forbidden_keys: Iterable[str] = (), log=print) -> tuple[SpectrogramClassifier, dict]:
     """Train a person classifier on the concatenated ``train_sources``; keep the best epoch on ``val_split``.
 
@@ -268,6 +385,7 @@ def train_classifier(train_sources: Sequence[LabelledImages], val_split: Labelle
     error if they do, so a test image can never be trained on by accident. Returns the model (best validation
     epoch, eval mode) and a history dict with per-epoch losses/accuracies and the keys trained on.
     """
+    config = config or IdentificationConfig()
     train = concatenate(train_sources, "+".join(s.source for s in train_sources))
     leaked = set(train.keys) & set(forbidden_keys)
     if leaked:
@@ -297,7 +415,7 @@ def train_classifier(train_sources: Sequence[LabelledImages], val_split: Labelle
             positions = order[begin:begin + config.batch_size]
             if len(positions) < 2:
                 continue  # BatchNorm cannot train on a batch of one
-            images = train.float_images(positions).to(device)
+            images = train.float_images(positions, device)
             if augment:
                 images = conventional_augment(images, config, augmenter)
             labels = train.person_ids[positions].to(device)
@@ -356,11 +474,15 @@ def accuracy_report(predicted: torch.Tensor, data: LabelledImages, person_names:
 def evaluate_classifier(model: SpectrogramClassifier, manifest, split: str = "test", *,
                         images: Optional[LabelledImages] = None, image_size: Optional[int] = None,
                         batch_size: int = 128) -> dict:
-    """Identification accuracy of ``model`` on a manifest split (or on already loaded ``images`` of it)."""
+    """Identification accuracy of ``model`` on a manifest split (or on already loaded ``images`` of it).
+
+    Images are loaded at ``image_size``, by default the size the classifier was trained at.
+    """
     if images is None:
+        image_size = image_size or model.config.image_size
         if image_size is None:
-            raise ValueError("evaluate_classifier needs image_size (the size the classifier was trained at) "
-                             "when images are not given.")
+            raise ValueError("evaluate_classifier needs image_size: this classifier's config does not record the "
+                             "size it was trained at.")
         images = load_split_images(manifest, split, image_size=image_size)
     logits = predict_logits(model, images, batch_size=batch_size)
     return accuracy_report(logits.argmax(1), images, manifest.person_names, manifest.condition_names)
@@ -413,19 +535,19 @@ def plan_variants(methods: Sequence[str], fractions: Sequence[float], *, has_gen
 
 
 def _keys_fingerprint(keys: Sequence[str]) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
 
 
-def current_command() -> str:
-    """The command line of this process, quoted so it can be pasted into a shell."""
-    program = sys.argv[0] if sys.argv else "python"
-    if program.endswith(".py") and "/" not in program and not Path(program).exists():
-        program = "python -m " + program
-    elif program.endswith(".py"):
-        program = "python " + program
-    return " ".join([program] + [shlex.quote(a) for a in sys.argv[1:]])
+def current_command(module: Optional[str] = None, argv: Optional[Sequence[str]] = None) -> str:
+    """A shell-quoted command line that reruns this: ``python -m <module> <argv>`` when the module is known,
+    else this process's own command line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if module:
+        program = f"python -m {module}"
+    else:
+        program = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+        program = f"python {program}" if program.endswith(".py") else program
+    return " ".join([program] + [shlex.quote(str(a)) for a in args])
 
 
 def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="identification",
@@ -444,6 +566,7 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
     """
     from microdoppler_finetune.data import load_manifest
 
+    log = log or (lambda _message: None)
     config = config or IdentificationConfig()
     command = command if command is not None else current_command()
     out = Path(out_dir)
@@ -466,6 +589,9 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
                         positions_with_condition_prefix(generated, condition_names, TARGET_CONDITION_PREFIX))
     planned, notes = plan_variants(methods, fractions, has_generated=generated is not None,
                                    has_cross_condition=has_cross, has_generated_target=bool(generated_target))
+    if not cross_condition:
+        notes = [n for n in notes if not n.startswith("cross-condition rows skipped")]
+        notes.append("cross-condition rows skipped: turned off (--no_cross_condition).")
     if variants:
         known = {v.name for v in planned}
         missing = sorted(set(variants) - known)
@@ -475,13 +601,20 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
 
     test_keys = set(test.keys)
     test_set = {"split": "test", "images": len(test), "fingerprint": _keys_fingerprint(test.keys)}
-    rows, trained_on = [], {}
+    rows, trained_on, selections = [], {}, {}
     for variant in planned:
         log(f"[{variant.name}]")
         start = time.time()
         train_real = splits["train"].subset(source_train) if variant.cross_condition else splits["train"]
         val = splits["val"].subset(source_val) if variant.cross_condition else splits["val"]
         chosen = select_fraction_by_recording(train_real, variant.real_fraction, seed=config.seed)
+        same_as = selections.setdefault((variant.cross_condition, tuple(chosen)), variant.real_fraction)
+        if same_as != variant.real_fraction:
+            note = (f"real fractions {same_as * 100:g}% and {variant.real_fraction * 100:g}% select the same "
+                    f"{len(chosen)} images: too few training recordings per person and condition to tell them apart "
+                    f"(at least one recording each is always kept).")
+            if note not in notes:
+                notes.append(note)
         sources = [train_real.subset(chosen)]
         generated_used = 0
         if variant.method == "real+generated":
@@ -524,11 +657,34 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
                "generated_dir": str(generated_dir) if generated_dir else None, "test_set": test_set,
                "num_persons": manifest.num_persons, "person_names": list(manifest.person_names),
                "condition_names": condition_names, "notes": notes, "rows": rows}
+    if variants:
+        results, trained_on = _merge_with_previous(out, results, trained_on, log)
     (out / RESULTS_JSON).write_text(json.dumps(results, indent=2))
     (out / INDICES_JSON).write_text(json.dumps(trained_on))
     (out / RESULTS_MD).write_text(results_markdown(results))
     log(f"Wrote {out / RESULTS_JSON} and {out / RESULTS_MD}")
     return results
+
+
+def _merge_with_previous(out: Path, results: dict, trained_on: dict, log) -> tuple[dict, dict]:
+    """A rerun of some rows (``variants``) replaces those rows in an earlier table of the same experiment
+    (same test set and settings) instead of overwriting the whole table."""
+    previous_file = out / RESULTS_JSON
+    if not previous_file.is_file():
+        return results, trained_on
+    previous = json.loads(previous_file.read_text())
+    same = (previous.get("test_set") == results["test_set"] and previous.get("config") == results["config"]
+            and previous.get("generated_dir") == results["generated_dir"])
+    if not same:
+        log(f"{previous_file} holds another experiment (test set, settings or generated folder differ): replaced.")
+        return results, trained_on
+    new_rows = {r["variant"]: r for r in results["rows"]}
+    rows = [new_rows.pop(r["variant"], r) for r in previous["rows"]] + list(new_rows.values())
+    keys_file = out / INDICES_JSON
+    merged_keys = json.loads(keys_file.read_text()) if keys_file.is_file() else {}
+    merged_keys.update(trained_on)
+    return {**results, "rows": rows, "notes": sorted(set(previous.get("notes", [])) | set(results["notes"]))}, \
+        merged_keys
 
 
 def results_markdown(results: dict) -> str:

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--trust_pickle", action="store_true", help="allow a pickled checkpoint (only files you trust)")
-    p.add_argument("--preset", choices=PRESETS, default="cpu_demo", help="config preset for the sampler defaults")
+    p.add_argument("--preset", choices=PRESETS, help="config preset whose dit.sample section gives the defaults "
+                   "(default: the schema's, i.e. the release's sampler settings)")
     p.add_argument("--config", help="YAML in the config schema (dit.sample section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p

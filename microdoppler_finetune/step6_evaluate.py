@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,10 +35,23 @@ def _float_list(text: str) -> List[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.1,0.25,0.5,1.0, got '{text}'")
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.1,0.25,0.5,1.0, got '{text}'") \
+            from None
     if not values or any(not 0 < v <= 1 for v in values):
         raise argparse.ArgumentTypeError(f"fractions must be in (0, 1], got '{text}'")
     return values
+
+
+def _without_variants(argv: Optional[List[str]]) -> List[str]:
+    args, kept, skip = list(sys.argv[1:] if argv is None else argv), [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--variants":
+            skip = True
+        elif not arg.startswith("--variants="):
+            kept.append(arg)
+    return kept
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(parser)
     parser.set_defaults(dataset_dir=None)
     parser._option_string_actions["--dataset_dir"].required = False  # defaults to <work_dir>/dataset here
-    parser.add_argument("--work_dir", help="output root (default ./work_dir, or /kaggle/working/work_dir with --kaggle)")
+    parser.add_argument("--work_dir", help="output root (default ./work_dir, or /kaggle/working/work_dir with "
+                        "--kaggle)")
     parser.add_argument("--kaggle", action="store_true", help="default work_dir under /kaggle/working")
     parser.add_argument("--fractions", type=_float_list, default=list(DEFAULT_FRACTIONS),
                         help="fractions of the real training recordings (default 0.1,0.25,0.5,1.0)")
@@ -67,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
+    # Each result row appends its own --variants to this, so drop any given here.
+    command = current_command("microdoppler_finetune.step6_evaluate", _without_variants(argv))
     work_dir = Path(args.work_dir) if args.work_dir else default_work_dir(args.kaggle)
     dataset_dir = Path(args.dataset_dir) if args.dataset_dir else work_dir / "dataset"
     if not (dataset_dir / "manifest.csv").is_file():
@@ -76,7 +93,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
         raise SystemExit(f"--generated {args.generated} is not a folder. Pass the folder the sampling step wrote.")
     config = config_from_args(args)
     out = work_dir / "evaluation"
-    command = current_command()
     summary = {}
     identification_dir = out / "identification"
     if not args.skip_identification:

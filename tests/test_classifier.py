@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,15 @@ from microdoppler_finetune.identification import (IdentificationConfig, Labelled
 from models.classifier import CLASSIFIER_PRESETS, SpectrogramClassifier, create_classifier, load_classifier
 
 SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def synthetic_spectrogram(person: int, recording: int, frame: int, size: int = SIZE) -> np.ndarray:
@@ -154,3 +164,109 @@ def test_conventional_augmentation_shifts_time_and_doppler_without_flipping():
         assert any(torch.equal(torch.roll(row, s), new_row) for s in range(SIZE))
     full = conventional_augment(images, IdentificationConfig(), torch.Generator().manual_seed(0))
     assert full.shape == images.shape and full.min() >= -1 and full.max() <= 1
+
+
+# ------------------------------------------------------------------------------------------- with a manifest
+
+CONDITIONS = ["Normal_free", "Backpack_free"]
+
+
+def write_generated(root: Path, persons: dict, conditions=None, frames: int = 4) -> Path:
+    """Generated-looking images: {folder name: person index}, optionally under condition folders."""
+    for c, condition in enumerate(conditions or [None]):
+        for name, p in persons.items():
+            folder = root / (condition or "") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in range(frames):
+                pixels = synthetic_spectrogram(p, 50 + 10 * c, f)
+                if c:
+                    pixels = (pixels * 0.7).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"sample_{f:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def condition_dataset(tmp_path_factory):
+    from microdoppler_finetune.data import prepare_dataset
+
+    root = tmp_path_factory.mktemp("identification")
+    write_dataset(root / "data", persons=3, recordings=4, frames=5, conditions=CONDITIONS)
+    prepare_dataset(root / "data", root / "dataset", log=None)
+    write_generated(root / "generated", {"ID_1": 0, "ID_2": 1, "ID_3": 2}, conditions=CONDITIONS)
+    return root
+
+
+def test_generated_person_folders_map_to_manifest_ids_by_name(condition_dataset, tmp_path):
+    from microdoppler_finetune.data import load_manifest
+    from microdoppler_finetune.identification import load_generated_images
+
+    manifest = load_manifest(condition_dataset / "dataset")
+    assert manifest.person_names == ["ID_1", "ID_2", "ID_3"]
+    # Only two people, one spelled differently, in a flat layout: ids come from the names, not the order.
+    write_generated(tmp_path / "flat", {"ID3": 2, "ID_2": 1}, frames=3)
+    generated = load_generated_images(tmp_path / "flat", manifest, image_size=SIZE)
+    by_folder = {Path(k).parent.name: int(p) for k, p in zip(generated.keys, generated.person_ids)}
+    assert by_folder == {"ID3": 2, "ID_2": 1}
+    assert set(generated.condition_ids.tolist()) == {-1}  # no condition folders, two conditions in the manifest
+    assert generated.images.shape == (6, 3, SIZE, SIZE) and generated.images.dtype == torch.uint8
+    with_conditions = load_generated_images(condition_dataset / "generated", manifest, image_size=SIZE,
+                                            max_per_person=5)
+    assert len(with_conditions) == 15
+    names = {k.split("/")[-3] for k, c in zip(with_conditions.keys, with_conditions.condition_ids.tolist()) if c == 1}
+    assert names == {"Backpack_free"}
+    write_generated(tmp_path / "stranger", {"ID_9": 0}, frames=1)
+    with pytest.raises(ValueError, match="ID_9"):
+        load_generated_images(tmp_path / "stranger", manifest, image_size=SIZE)
+    # A real test image dropped into the generated folder would be trained on: refused.
+    test_entry = manifest.entries_for("test")[0]
+    shutil.copy(manifest.image_path(test_entry), tmp_path / "flat" / "ID_2" / "leaked.jpg")
+    with pytest.raises(ValueError, match="validation/test images"):
+        load_generated_images(tmp_path / "flat", manifest, image_size=SIZE)
+
+
+def test_identification_experiments_share_one_test_set_and_never_train_on_it(condition_dataset):
+    from microdoppler_finetune.data import load_manifest
+    from microdoppler_finetune.identification import run_identification_experiments
+
+    out = condition_dataset / "experiments"
+    config = IdentificationConfig(image_size=SIZE, epochs=2, patience=2, batch_size=16)
+    results = run_identification_experiments(condition_dataset / "dataset", condition_dataset / "generated", out,
+                                             fractions=(0.5, 1.0), config=config, command="step6 --x 1", log=None)
+    manifest = load_manifest(condition_dataset / "dataset")
+    test_entries = manifest.entries_for("test")
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert set(rows) == {"real@50%", "real@100%", "real+generated@50%", "real+generated@100%",
+                         "real+augmentation@50%", "real+augmentation@100%", "cross-condition:normal->backpack",
+                         "cross-condition:normal+generated-backpack->backpack"}
+    # One test set for every row.
+    assert {r["test_images"] for r in rows.values()} == {len(test_entries)}
+    assert len({r["test_set_fingerprint"] for r in rows.values()}) == 1
+    # No test (or val) image was trained on: real training keys all come from the train split.
+    trained_on = json.loads((out / "identification_train_keys.json").read_text())
+    train_indices = {e["index"] for e in manifest.entries_for("train")}
+    for variant, keys in trained_on.items():
+        real = [k for k in keys if k.startswith(("train:", "val:", "test:"))]
+        assert real and all(k.startswith("train:") and int(k.split(":")[1]) in train_indices for k in real), variant
+        assert not {f"test:{e['index']}" for e in test_entries} & set(keys)
+    assert rows["real@50%"]["real_images"] < rows["real@100%"]["real_images"] == len(train_indices)
+    assert rows["real+generated@100%"]["generated_images"] == 24
+    assert rows["real+augmentation@100%"]["augmentation"] and not rows["real@100%"]["augmentation"]
+    # Cross-condition: Normal training images only; generated Backpack images only; target = Backpack test.
+    cross, cross_generated = rows["cross-condition:normal->backpack"], \
+        rows["cross-condition:normal+generated-backpack->backpack"]
+    normal_train = [e for e in manifest.entries_for("train") if e["condition"] == "Normal_free"]
+    assert cross["real_images"] == cross_generated["real_images"] == len(normal_train)
+    assert cross_generated["generated_images"] == 12
+    backpack_test = [e for e in test_entries if e["condition"] == "Backpack_free"]
+    assert cross["target_test_images"] == len(backpack_test)
+    assert all(k.startswith("train:") and manifest.entries[int(k.split(":")[1])]["condition"] == "Normal_free"
+               for k in trained_on[cross["variant"]])
+    for row in rows.values():
+        assert row["command"].startswith("step6 --x 1 --variants ") and 0 <= row["test_accuracy"] <= 1
+        assert len(row["confusion_matrix"]) == 3 and sum(map(sum, row["confusion_matrix"])) == len(test_entries)
+    markdown = (out / "identification_results.md").read_text()
+    assert all(name in markdown for name in rows)
+    assert load_classifier(out / "feature_classifier").config.num_classes == 3
+    with pytest.raises(ValueError, match="Unknown variants"):
+        run_identification_experiments(condition_dataset / "dataset", None, out, config=config,
+                                       variants=["real+generated@100%"], log=None)

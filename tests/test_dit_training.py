@@ -73,7 +73,7 @@ def make_tiny_setup(root: Path, *, per_pair: int = 8, channels: int = 4, side: i
 
 def tiny_config(work_dir: Path, *overrides: str):
     base = [f"run.work_dir={work_dir}", "dit.model=tiny", "dit.train.steps=30", "dit.train.batch_size=8",
-            "dit.train.learning_rate=1e-3", "dit.train.log_every=5", "dit.train.val_every=10",
+            "dit.train.learning_rate=2e-3", "dit.train.log_every=5", "dit.train.val_every=10",
             "dit.train.sample_every=0", "dit.train.checkpoint_every=10", "dit.train.ema_decay=0.9",
             "dit.train.keep_checkpoints=10", "dit.train.precision=fp32"]
     return load_config("cpu_demo", None, base + list(overrides))
@@ -101,19 +101,22 @@ def _work_dir(tmp_path: Path, setup) -> Path:
 
 def test_short_training_lowers_deterministic_val_loss_and_logs(tmp_path, tiny_setup):
     work = _work_dir(tmp_path, tiny_setup)
-    summary = train_dit(tiny_config(work))
-    assert summary["status"] == "finished" and summary["step"] == 30
+    # adaLN-Zero starts at velocity 0 everywhere; on this data the loss starts to fall after ~30 steps.
+    summary = train_dit(tiny_config(work, "dit.train.steps=60", "dit.train.val_every=20",
+                                    "dit.train.checkpoint_every=30", "dit.train.log_every=10"))
+    assert summary["status"] == "finished" and summary["step"] == 60
     rows = read_log(work / "dit")
     val = [r for r in rows if r["event"] == "val"]
     train = [r for r in rows if r["event"] == "train"]
-    assert [r["step"] for r in val] == [0, 10, 20, 30]
-    assert val[-1]["val_loss"] < 0.9 * val[0]["val_loss"]
+    assert [r["step"] for r in val] == [0, 20, 40, 60]
+    assert val[-1]["val_loss"] < 0.93 * val[0]["val_loss"]
+    assert val[-1]["val_loss_ema"] < 0.93 * val[0]["val_loss_ema"]
     # The learning rate the optimizer used is the configured one; grad norms are logged and finite.
-    assert all(r["lr"] == pytest.approx(1e-3) for r in train)
+    assert all(r["lr"] == pytest.approx(2e-3) for r in train)
     assert all(r["grad_norm"] > 0 for r in train)
     assert (work / "dit" / "train_log.csv").read_text().startswith("step,event,")
     ckpt = C.load_checkpoint(C.latest_checkpoint(work / "dit" / "checkpoints"))
-    assert ckpt["step"] == 30
+    assert ckpt["step"] == 60
     assert ckpt["data"]["person_names"] == PERSON_NAMES
     assert [2, 1] not in ckpt["data"]["seen_pairs"] and [2, 0] in ckpt["data"]["seen_pairs"]
     assert ckpt["dit_config"]["num_classes"] == 3 and ckpt["dit_config"]["num_conditions"] == 2
@@ -136,35 +139,37 @@ def test_validation_loss_is_deterministic(tmp_path, tiny_setup):
 
 
 def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path, tiny_setup):
-    straight = _work_dir(tmp_path / "a", tiny_setup) if (tmp_path / "a").mkdir() is None else None
-    train_dit(tiny_config(straight, "dit.train.steps=20"))
-    resumed = _work_dir(tmp_path / "b", tiny_setup) if (tmp_path / "b").mkdir() is None else None
-    first = train_dit(tiny_config(resumed, "dit.train.steps=10"))
-    assert first["step"] == 10
-    saved = C.load_checkpoint(C.checkpoint_path(resumed / "dit" / "checkpoints", 10))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = _work_dir(tmp_path / "a", tiny_setup)
+    resumed = _work_dir(tmp_path / "b", tiny_setup)
+    short = ("dit.train.val_every=4", "dit.train.checkpoint_every=4", "dit.train.log_every=2")
+    train_dit(tiny_config(straight, "dit.train.steps=8", *short))
+    first = train_dit(tiny_config(resumed, "dit.train.steps=4", *short))
+    assert first["step"] == 4
+    saved = C.load_checkpoint(C.checkpoint_path(resumed / "dit" / "checkpoints", 4))
     # The rerun of the same command (more steps) resumes; architecture flags on the command line are ignored.
-    second = train_dit(tiny_config(resumed, "dit.train.steps=20", "dit.model=mini"))
-    assert second["step"] == 20
-    a = C.load_checkpoint(C.checkpoint_path(straight / "dit" / "checkpoints", 20))
-    b = C.load_checkpoint(C.checkpoint_path(resumed / "dit" / "checkpoints", 20))
+    second = train_dit(tiny_config(resumed, "dit.train.steps=8", "dit.model=mini", *short))
+    assert second["step"] == 8
+    a = C.load_checkpoint(C.checkpoint_path(straight / "dit" / "checkpoints", 8))
+    b = C.load_checkpoint(C.checkpoint_path(resumed / "dit" / "checkpoints", 8))
     assert b["dit_config"] == saved["dit_config"]
+    # Every random draw of a step is seeded by (seed, step): resuming repeats the uninterrupted run exactly.
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
         torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=0)
-    # Optimizer state was restored, not restarted: Adam's step count continues from 10.
-    steps = {int(s["step"]) for s in b["opt"]["state"].values()}
-    assert steps == {20}
-    assert saved["opt"]["state"] and {int(s["step"]) for s in saved["opt"]["state"].values()} == {10}
-    val_steps = [r["step"] for r in read_log(resumed / "dit") if r["event"] == "val"]
-    assert val_steps == [0, 10, 10, 20] or val_steps == [0, 10, 20]
+    # Optimizer state was restored, not restarted: Adam's step count continues from 4.
+    assert {int(s["step"]) for s in saved["opt"]["state"].values()} == {4}
+    assert {int(s["step"]) for s in b["opt"]["state"].values()} == {8}
+    assert b["ema_updates"] == 8
 
 
 def test_time_budget_saves_and_stops_cleanly(tmp_path, tiny_setup):
     work = _work_dir(tmp_path, tiny_setup)
-    summary = train_dit(tiny_config(work, "dit.train.time_budget=1s"))
+    summary = train_dit(tiny_config(work, "dit.train.time_budget=1s", "dit.train.val_every=0"))
     assert summary["status"] == "time_budget"
     assert C.latest_checkpoint(work / "dit" / "checkpoints") is not None
-    again = train_dit(tiny_config(work, "dit.train.steps=5"))
+    again = train_dit(tiny_config(work, "dit.train.steps=5", "dit.train.val_every=0"))
     assert again["status"] == "finished" and again["step"] == 5
 
 
@@ -239,7 +244,7 @@ def test_contrastive_loss_is_lower_for_clustered_features():
     assert tight < mixed
     # No positive pair in the batch: zero, still differentiable.
     single = supervised_contrastive_loss(clustered[:4].requires_grad_(), torch.arange(4))
-    assert float(single) == 0.0 and single.requires_grad
+    assert float(single.detach()) == 0.0 and single.requires_grad
 
 
 def test_feature_tap_pools_the_last_block():
@@ -284,3 +289,25 @@ def test_finetune_released_format_checkpoint_with_lora_freeze_contrastive(tmp_pa
     model, info = load_dit_for_sampling(C.latest_checkpoint(work / "dit" / "checkpoints"))
     assert not any("lora_" in n for n, _ in model.named_parameters())
     assert model.config.num_classes == 3 and info["step"] == 6
+
+
+def test_dropout_without_lora_is_refused_not_ignored(tmp_path, tiny_setup):
+    from microdoppler_finetune.dit_training.data import load_dit_data
+    from microdoppler_finetune.dit_training.distributed import DistInfo
+    from microdoppler_finetune.dit_training.trainer import DiTTrainer
+
+    work = _work_dir(tmp_path, tiny_setup)
+    cfg = tiny_config(work, "dit.finetune.dropout=0.15", "dit.finetune.freeze_backbone=true")
+    with pytest.raises(ValueError, match="lora_rank"):
+        DiTTrainer(cfg, DistInfo(), load_dit_data(cfg), None, None)
+
+
+def test_non_finite_losses_are_skipped_then_training_stops_with_a_message(tmp_path, tiny_setup, monkeypatch):
+    from microdoppler_finetune.dit_training import trainer as trainer_module
+
+    work = _work_dir(tmp_path, tiny_setup)
+    monkeypatch.setattr(trainer_module, "velocity_loss_per_sample",
+                        lambda fn, x1, x0, t: fn(x1, t).mean(dim=(1, 2, 3)) * float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite steps in a row"):
+        train_dit(tiny_config(work, "dit.train.val_every=0", "dit.train.max_nonfinite_in_a_row=2"))
+    assert C.latest_checkpoint(work / "dit" / "checkpoints") is None  # nothing broken was saved

@@ -153,3 +153,129 @@ def test_latent_cache_refuses_another_encoder_or_manifest(tmp_path, tiny_vae, im
         C.load_latent_cache(tmp_path / "latents", expected_vae_identity=tiny_vae, expected_manifest=other_manifest)
     with pytest.raises(FileNotFoundError, match="No latent cache"):
         C.load_latent_cache(tmp_path / "nothing", expected_vae_identity=tiny_vae)
+
+
+# ------------------------------------------------------------------------------------------- step5 end to end
+
+
+def _write_dataset(root, persons=3, conditions=("Normal_free", "Backpack_free"), recordings=4, frames=2):
+    """Tiny spectrogram-like JPGs in the <condition>/ID_n layout; each person has its own brightness."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for condition in conditions:
+        for person in range(1, persons + 1):
+            folder = root / condition / f"ID_{person}"
+            folder.mkdir(parents=True)
+            for recording in range(1, recordings + 1):
+                for frame in range(1, frames + 1):
+                    pixels = rng.random((IMAGE_SIZE, IMAGE_SIZE, 3)) * 60 + 50 * person
+                    Image.fromarray(pixels.astype(np.uint8)).save(
+                        folder / f"ID{person}_case{recording}_1_Doppler{frame}.jpg")
+
+
+def _write_stage(vae_dir, name, model, status, cfg_path_source):
+    """A stage folder as vae_training writes it: config.yaml, stage_result.json and a Lightning-style .ckpt."""
+    import shutil
+
+    from vae_training.stages import StageFolder, StageResult
+
+    folder = StageFolder(vae_dir, name)
+    folder.checkpoints.mkdir(parents=True)
+    shutil.copy(cfg_path_source, folder.config_file)
+    with open(folder.config_file, "a") as handle:  # the trainer records the stage's schedule row at top level
+        handle.write(f"stage:\n  name: {name}\n  epochs: 1\n")
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.config).items()
+              if not k.startswith("_")}
+    state = {f"vae.{k}": v for k, v in model.state_dict().items()}
+    state["discriminator.main.0.weight"] = torch.zeros(2, 3, 4, 4)  # the trainer saves its discriminator too
+    chosen = folder.checkpoints / "epoch=001-val_psnr=12.34.ckpt"
+    torch.save({"state_dict": state, "vavae_config": config, "alignment_target": f"random-init target ({name})"},
+               chosen)
+    folder.write_result(StageResult(stage=name, status=status, chosen_checkpoint=folder.relative(chosen),
+                                    last_checkpoint=None, chosen_metric=12.34, alignment_target=f"target {name}"))
+    return chosen
+
+
+def test_step5_all_from_a_run_folder(tmp_path, monkeypatch):
+    from microdoppler_finetune.config import load_config, save_config
+    from microdoppler_finetune.data import MicroDopplerDataset, load_manifest, prepare_dataset
+    from microdoppler_finetune.evaluation.reconstruction import evaluate_reconstruction
+    from microdoppler_finetune.step5_validate_export import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no LPIPS weights: reported, not fatal
+    work = tmp_path / "work"
+    _write_dataset(tmp_path / "data")
+    prepare_dataset(tmp_path / "data", work / "dataset", seed=0, log=None)
+    run_config = save_config(load_config("cpu_demo", overrides=["data.image_size=32", f"run.work_dir={work}"]),
+                             tmp_path / "run_config.yaml")
+    torch.manual_seed(0)
+    stage1, stage2, stage3 = (create_vavae("test") for _ in range(3))
+    _write_stage(work / "vae", "stage1", stage1, "finished", run_config)
+    chosen = _write_stage(work / "vae", "stage2", stage2, "finished", run_config)
+    _write_stage(work / "vae", "stage3", stage3, "interrupted", run_config)  # not finished: must not be used
+
+    assert main(["--run", str(work / "vae"), "--all", "--batch_size", "8",
+                 "--set", "export.lpips_download=false"]) == 0
+
+    out = work / "validation" / "stage2_epoch_001-val_psnr_12.34"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(chosen.resolve()) and metrics["vae_identity"] == E.vae_identity(stage2)
+    assert set(metrics["splits"]) == {"val", "test"} and not metrics["lpips_available"]
+    assert set(metrics["splits"]["val"]["per_person"]) == {"ID_1", "ID_2", "ID_3"}
+    assert set(metrics["splits"]["val"]["per_condition"]) == {"Normal_free", "Backpack_free"}
+    assert "LPIPS: unavailable" in (out / "metrics.md").read_text()
+    assert (out / "reconstruction_results.png").is_file() and (out / "latent_map.png").is_file()
+    # Deterministic and correct: the same numbers from the posterior mode of the loaded weights.
+    manifest = load_manifest(work / "dataset")
+    records = evaluate_reconstruction(lambda x: stage2.decode(stage2.encode(x).mode()),
+                                      MicroDopplerDataset(manifest, "val", image_size=IMAGE_SIZE), batch_size=5)
+    assert metrics["splits"]["val"]["overall"]["psnr"] == pytest.approx(sum(records.psnr) / len(records), abs=1e-9)
+
+    stats = json.loads((out / "latent_statistics.json").read_text())
+    assert len(stats["latents_mean"]) == 4 and stats["num_images"] == 24
+    assert 0.0 <= stats["person_separability"]["flat"]["accuracy"] <= 1.0
+
+    export_dir = work / "export" / E.EXPORT_DIRNAME
+    exported = VAVAE.from_pretrained(export_dir)
+    assert exported.config.latents_mean == pytest.approx(stats["latents_mean"])
+    info = E.read_export_info(export_dir)
+    assert info["vae_identity"] == E.vae_identity(stage2) and info["alignment_target"] == "target stage2"
+    assert info["source_sha256"] == E.file_sha256(chosen) and info["metrics_summary"]["splits"]["test"]["count"] == 12
+
+    cache = C.load_latent_cache(work / "latents", expected_vae_identity=export_dir,
+                                expected_manifest=work / "dataset")
+    assert len(cache) == 24 and cache.info["image_size"] == IMAGE_SIZE and cache.info["complete"]
+    assert sorted(cache.index.tolist()) == [e["index"] for e in manifest.entries_for("train")]
+    # The statistics in the export are those of the cached training samples.
+    torch.testing.assert_close(cache.latents.mean(dim=(0, 2, 3)), cache.latents_mean, rtol=0, atol=1e-5)
+    with pytest.raises(C.LatentCacheMismatchError):
+        C.load_latent_cache(work / "latents", expected_vae_identity=stage1)
+    summary = (work / "validation" / "summary.md").read_text()
+    assert "stage2_epoch_001-val_psnr_12.34 | val | 12 |" in summary
+
+
+def test_run_folder_without_a_finished_stage_is_refused(tmp_path):
+    from microdoppler_finetune.config import load_config, save_config
+    from microdoppler_finetune.evaluation.validate_export import choose_from_run
+
+    run_config = save_config(load_config("cpu_demo"), tmp_path / "run_config.yaml")
+    _write_stage(tmp_path / "vae", "stage1", create_vavae("test"), "interrupted", run_config)
+    with pytest.raises(RuntimeError, match="No finished stage.*stage1: interrupted"):
+        choose_from_run(tmp_path / "vae")
+    with pytest.raises(FileNotFoundError, match="run step4 first"):
+        choose_from_run(tmp_path)
+
+
+def test_step5_script_runs_as_a_file_and_as_a_module():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for command in (["microdoppler_finetune/step5_validate_export.py"], ["-m", "microdoppler_finetune.step5_validate_export"]):
+        done = subprocess.run([sys.executable, *command, "--help"], cwd=repo, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "--checkpoint" in done.stdout and "--cache" in done.stdout

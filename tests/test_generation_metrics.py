@@ -3,6 +3,7 @@ whole evaluate_generation run on a tiny synthetic data set."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -11,6 +12,14 @@ import torch
 from microdoppler_finetune.evaluate_generation import (frechet_distance, kernel_inception_distance,
                                                        memorisation_report, nearest_neighbours,
                                                        precision_recall_density_coverage)
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def gaussian_cloud(n: int, dim: int = 8, shift: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -86,3 +95,113 @@ def test_metrics_refuse_bad_input():
         frechet_distance(gaussian_cloud(5, dim=3), gaussian_cloud(5, dim=4))
     with pytest.raises(ValueError, match="NaN"):
         kernel_inception_distance(np.full((4, 2), np.nan), gaussian_cloud(4, dim=2))
+
+
+# ------------------------------------------------------------------------------------------- whole runs
+
+SIZE = 32
+
+
+def band_image(person: int, recording: int, frame: int) -> np.ndarray:
+    """uint8 [32, 32, 3]: a noisy spectrogram-like picture with a person-specific bright band."""
+    rng = np.random.default_rng(100 * person + 10 * recording + frame)
+    image = rng.uniform(0, 60, size=(SIZE, SIZE, 3))
+    row = 6 + 8 * person + (frame % 3)
+    image[row:row + 3, :, 0] = 240
+    image[:, (recording * 5 + frame) % SIZE, 1] = 200
+    return image.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """3 people x 4 recordings x 5 frames (flat Kaggle layout), its manifest, and a generated folder holding
+    4 byte-identical copies of training images plus 4 fresh images per person."""
+    import shutil
+
+    from PIL import Image
+
+    from microdoppler_finetune.data import load_manifest, prepare_dataset
+
+    root = tmp_path_factory.mktemp("generation")
+    for p in range(3):
+        folder = root / "data" / f"ID_{p + 1}"
+        folder.mkdir(parents=True)
+        for r in range(4):
+            for f in range(5):
+                Image.fromarray(band_image(p, r, f)).save(folder / f"ID{p + 1}_case{r + 1}_1_Doppler{f + 1}.jpg")
+    prepare_dataset(root / "data", root / "dataset", log=None)
+    manifest = load_manifest(root / "dataset")
+    train = manifest.entries_for("train")
+    for p in range(3):
+        folder = root / "generated" / f"ID_{p + 1}"
+        folder.mkdir(parents=True)
+        for f in range(4):
+            Image.fromarray(band_image(p, 9, f)).save(folder / f"fresh_{f}.png")
+    copied = [e for e in train if e["person_id"] == 0][:2] + [e for e in train if e["person_id"] == 2][:2]
+    for i, entry in enumerate(copied):
+        shutil.copy(manifest.image_path(entry), root / "generated" / entry["person"] / f"copy_{i}.jpg")
+    return root
+
+
+def test_evaluate_generation_writes_every_metric_overall_and_per_person(small_dataset):
+    from microdoppler_finetune.evaluate_generation import evaluate_generation
+    from microdoppler_finetune.identification import IdentificationConfig
+    from models.classifier import create_classifier
+
+    torch.manual_seed(0)
+    classifier = create_classifier("tiny", num_classes=3, image_size=SIZE).eval()  # random but fixed features
+    config = IdentificationConfig(image_size=SIZE, epochs=2, patience=2, batch_size=8)
+    out = small_dataset / "metrics"
+    results = evaluate_generation(small_dataset / "dataset", small_dataset / "generated", out, classifier=classifier,
+                                  config=config, kid_subsets=5, command="evaluate --x", log=None)
+    saved = json.loads((out / "generation_metrics.json").read_text())
+    assert saved["generated_images"] == results["generated_images"] == 16
+    overall = saved["overall"]
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage"):
+        assert np.isfinite(overall["generated"][key]) and np.isfinite(overall["real_val_baseline"][key])
+    memo = overall["memorisation"]
+    assert memo["copies"] == 4 and memo["generated_min_distance"] < 1e-4
+    closest = memo["closest_pairs"][:4]
+    assert {p["generated"].split("/")[-1] for p in closest} == {f"copy_{i}.jpg" for i in range(4)}
+    assert all(p["train"].startswith("ID_") and p["train"].endswith(".jpg") for p in closest)  # manifest paths
+    assert set(saved["per_person"]) == {"ID_1", "ID_2", "ID_3"}
+    assert saved["per_person"]["ID_1"]["memorisation"]["copies"] == 2
+    assert saved["per_person"]["ID_2"]["memorisation"]["copies"] == 0
+    assert "fid" in saved["per_person"]["ID_2"]["generated"]
+    cas = saved["classification_accuracy_score"]
+    assert cas["test_images"] == len(__import__("microdoppler_finetune.data", fromlist=["x"])
+                                     .load_manifest(small_dataset / "dataset").entries_for("test"))
+    assert 0 <= cas["test_accuracy"] <= 1 and set(cas["per_person"]) <= {"ID_1", "ID_2", "ID_3"}
+    assert saved["inception_fid"]["value"] is None and saved["inception_fid"]["status"].startswith("not computed")
+    markdown = (out / "generation_metrics.md").read_text()
+    assert "Memorisation" in markdown and "ID_3" in markdown and "evaluate --x" in markdown
+
+
+def test_step6_cli_runs_both_parts_with_the_classifier_of_the_first(small_dataset, capsys):
+    from microdoppler_finetune import step6_evaluate
+
+    work = small_dataset / "work"
+    summary = step6_evaluate.main([
+        "--dataset_dir", str(small_dataset / "dataset"), "--generated", str(small_dataset / "generated"),
+        "--work_dir", str(work), "--fractions", "1.0", "--methods", "real,real+generated", "--epochs", "1",
+        "--image_size", str(SIZE), "--batch_size", "8", "--no_cas"])
+    assert set(summary["identification"]) == {"real@100%", "real+generated@100%"}
+    identification = json.loads((work / "evaluation/identification/identification_results.json").read_text())
+    for row in identification["rows"]:
+        assert row["command"].startswith("python -m microdoppler_finetune.step6_evaluate --dataset_dir ")
+        assert shlex.split(row["command"])[-2:] == ["--variants", row["variant"]]
+    assert "cross-condition rows skipped" in " ".join(identification["notes"])
+    metrics = json.loads((work / "evaluation/generation/generation_metrics.json").read_text())
+    assert "classification_accuracy_score" not in metrics
+    assert metrics["overall"]["memorisation"]["copies"] == 4
+    assert not (work / "evaluation/generation/feature_classifier").exists()  # reused the 100 % real classifier
+    # A row's recorded command reruns that row alone, replaces it in the same table and reproduces it.
+    row = identification["rows"][0]
+    rerun = shlex.split(row["command"])[3:] + ["--skip_generation_metrics"]
+    step6_evaluate.main(rerun)
+    again = json.loads((work / "evaluation/identification/identification_results.json").read_text())
+    assert [r["variant"] for r in again["rows"]] == [r["variant"] for r in identification["rows"]]
+    assert again["rows"][0]["test_accuracy"] == row["test_accuracy"]
+    assert again["rows"][0]["confusion_matrix"] == row["confusion_matrix"]
+    with pytest.raises(SystemExit):
+        step6_evaluate.main(["--dataset_dir", str(small_dataset), "--work_dir", str(work)])  # no manifest there

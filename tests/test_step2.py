@@ -18,11 +18,13 @@ import torch
 
 from microdoppler_finetune.pretrained import (
     INDEX_NAME,
+    HubAccess,
     VAVAE_CONVERTED_NAME,
     VerificationError,
     download_pretrained,
     find_pretrained,
     resolve_name,
+    sha256_file,
 )
 from models.checkpoints import PickleRefusedError, read_safetensors_metadata
 from models.vavae import create_vavae, load_vavae
@@ -126,6 +128,39 @@ def test_kaggle_input_is_found_verified_converted_and_indexed(tmp_path, isolated
     logs.clear()
     again = download_pretrained(["vavae"], cache_dir=cache, kaggle=True, log=logs.append)
     assert again.ok and not any("hashing" in line for line in logs)
+
+
+class FakeHub(HubAccess):
+    """The Hub's answers (metadata, downloads) served from a local folder: the online path without a network."""
+
+    def __init__(self, folder: Path, wrong_hash: bool = False):
+        super().__init__()
+        self.folder, self.wrong_hash, self.downloads = folder, wrong_hash, []
+
+    def metadata(self, remote):
+        path = self.folder / remote.filename
+        sha = "0" * 64 if self.wrong_hash else sha256_file(path)
+        return {"size": path.stat().st_size, "sha256": sha}
+
+    def download(self, remote, target_dir):
+        target_dir.mkdir(parents=True, exist_ok=True)
+        self.downloads.append(remote.filename)
+        (target_dir / remote.filename).write_bytes((self.folder / remote.filename).read_bytes())
+        return target_dir / remote.filename
+
+
+def test_downloads_verified_by_the_hub_are_converted_without_trust_flag(tmp_path, isolated_env, monkeypatch):
+    write_release_like_files(tmp_path / "hub")
+    monkeypatch.setattr("microdoppler_finetune.pretrained.HubAccess", lambda **_: FakeHub(tmp_path / "hub"))
+    result = download_pretrained(["vavae"], cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert result.ok and (tmp_path / "cache" / "vavae" / VAVAE_CONVERTED_NAME).is_file()
+    record = json.loads((tmp_path / "cache" / INDEX_NAME).read_text())["items"]["vavae"]["files"][RELEASE]
+    assert record["sha256_source"] == "hub" and record["origin"] == "hub"
+
+    monkeypatch.setattr("microdoppler_finetune.pretrained.HubAccess",
+                        lambda **_: FakeHub(tmp_path / "hub", wrong_hash=True))
+    with pytest.raises(VerificationError, match="Hugging Face Hub"):
+        download_pretrained(["vavae"], cache_dir=tmp_path / "other", log=lambda _: None)
 
 
 def test_changed_file_fails_verification_against_the_recorded_hash(tmp_path, isolated_env):

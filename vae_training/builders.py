@@ -64,6 +64,18 @@ def hub_offline_when_unreachable(host: str = "huggingface.co"):
         hub_constants.HF_HUB_OFFLINE = previous
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Random weights that are the same in every process and every run (the global RNG is left untouched).
+
+    A randomly initialised stand-in (alignment target, LPIPS backbone) must not change between stages, on
+    resume, or between DDP ranks, or the loss it defines would change with it.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
 def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget:
     """The frozen model whose features the latents are aligned to (DINOv2-L in the release).
 
@@ -97,8 +109,9 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
             reason = str(exc).splitlines()[0]
     else:
         reason = "vae.vf_pretrained is false"
-    model = create_foundation_model(name, pretrained=False, **common)
-    description = f"random-init {model.name} (NOT pretrained DINOv2)"
+    with seeded(int(cfg.run.seed)):
+        model = create_foundation_model(name, pretrained=False, **common)
+    description = f"random-init {model.name} (NOT pretrained DINOv2; seed {int(cfg.run.seed)})"
     loud(f"ALIGNMENT TARGET IS NOT PRETRAINED: {description}.\nReason: {reason}\n"
          f"The VF loss aligns latents to random features: fine for a demo or a test, meaningless for real "
          f"results. Real runs need the DINOv2 weights (or --vf_model with a local checkpoint).")
@@ -162,8 +175,9 @@ def build_perceptual(cfg: DictConfig) -> Optional[torch.nn.Module]:
         return None
     from models.perceptual import create_lpips
 
-    model = create_lpips(net=str(cfg.vae_loss.lpips_net),
-                         allow_random_backbone=bool(cfg.vae_loss.allow_random_lpips))
+    with seeded(int(cfg.run.seed)):  # a random backbone (demo) must be the same in every stage and rerun
+        model = create_lpips(net=str(cfg.vae_loss.lpips_net),
+                             allow_random_backbone=bool(cfg.vae_loss.allow_random_lpips))
     if not model.backbone_pretrained:
         loud(f"LPIPS IS NOT THE REAL METRIC: {model.backbone_source}. The perceptual loss term and val_lpips use "
              f"a random {model.net_name} backbone.")
@@ -184,7 +198,8 @@ def build_discriminator(cfg: DictConfig) -> torch.nn.Module:
                                 ndf=int(cfg.vae_loss.disc_channels))
 
 
-def init_discriminator(discriminator: torch.nn.Module, checkpoint: Optional[Path], *, released: bool) -> str:
+def init_discriminator(discriminator: torch.nn.Module, checkpoint: Optional[Path], *, released: bool,
+                       trust_pickle: bool = False) -> str:
     """Carry the discriminator over from the checkpoint the stage starts from (the released recipe does).
 
     Our stage checkpoints hold it under ``discriminator.``; the released VA-VAE file under ``loss.discriminator.``.
@@ -198,7 +213,7 @@ def init_discriminator(discriminator: torch.nn.Module, checkpoint: Optional[Path
     from models.checkpoints import PickleRefusedError, load_state_file
 
     try:
-        state = load_state_file(checkpoint)
+        state = load_state_file(checkpoint, trust_pickle=trust_pickle)
     except PickleRefusedError:
         # The VA-VAE loader already stopped on (or was allowed) this file; the discriminator is optional.
         return f"discriminator: random init ({checkpoint} needs unpickling; not read for the discriminator)"

@@ -140,69 +140,84 @@ def read_metric_rows(logs_dir: Path) -> list[dict]:
     return rows
 
 
+# Panels of the loss-curve figure: related terms share one panel, each term keeps its own line.
+CURVE_PANELS = (
+    ("total loss", ("train_loss", "val_loss")),
+    ("reconstruction NLL (sum per sample)", ("train_nll", "val_nll")),
+    ("L1 / LPIPS (per sample)", ("train_rec_l1", "train_lpips", "val_l1", "val_lpips")),
+    ("KL (unweighted)", ("train_kl", "val_kl")),
+    ("VF alignment", ("train_vf", "train_vf_distmat", "train_vf_cos", "val_vf", "val_vf_distmat", "val_vf_cos")),
+    ("adaptive weights", ("train_lambda_vf", "train_lambda_adv")),
+    ("GAN", ("train_g_loss", "train_disc_loss", "train_logits_real", "train_logits_fake")),
+    ("gradient norm (before clipping)", ("train_grad_norm_ae", "train_grad_norm_disc")),
+    ("validation PSNR (dB)", ("val_psnr",)),
+)
+
+
 def plot_loss_curves(logs_dir: Path, out_png: Path, title: str = "") -> Optional[Path]:
-    """One panel per logged term (train_* per step, val_* per epoch)."""
+    """Every logged loss term and adaptive weight against the autoencoder step (validation terms as dots)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metric_rows(logs_dir)
     series: dict[str, list[tuple[float, float]]] = {}
-    for row in rows:
+    for row in read_metric_rows(logs_dir):
         x = row.get("train_ae_step") or row.get("val_ae_step") or row.get("step")
         if x in (None, ""):
             continue
         for key, value in row.items():
-            if key in ("epoch", "step", "train_ae_step", "val_ae_step") or value in (None, ""):
-                continue
-            if not (key.startswith("train_") or key.startswith("val_")):
-                continue
-            series.setdefault(key, []).append((float(x), float(value)))
-    if not series:
+            if value not in (None, "") and (key.startswith("train_") or key.startswith("val_")):
+                series.setdefault(key, []).append((float(x), float(value)))
+    panels = [(name, [k for k in keys if k in series]) for name, keys in CURVE_PANELS]
+    panels = [(name, keys) for name, keys in panels if keys]
+    if not panels:
         return None
-    keys = sorted(series)
-    cols = 4
-    nrows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.6 * nrows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        points = sorted(series[key])
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if key.startswith("val_") else None,
-                markersize=3, linewidth=1)
-        ax.set_title(key, fontsize=9)
+    cols = 3
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, (name, keys) in zip(axes.flat, panels):
+        for key in keys:
+            points = sorted(series[key])
+            style = dict(marker="o", markersize=3, linestyle="--") if key.startswith("val_") else {}
+            ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1, label=key, **style)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("autoencoder step", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(keys):]:
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=80)
+    fig.savefig(out_png, dpi=72)
     plt.close(fig)
     return out_png
 
 
 class LossCurves(pl.Callback):
-    """Redraws ``loss_curves.png`` from the CSV logs at every epoch end."""
+    """Redraws ``loss_curves.png`` from the CSV logs at every epoch end (and when a run stops mid-epoch)."""
 
     def __init__(self, logs_dir: Path, out_png: Path, title: str = ""):
         self.logs_dir = Path(logs_dir)
         self.out_png = Path(out_png)
         self.title = title
+        self._drawn_at = None
 
-    def _draw(self, trainer):
-        if not trainer.is_global_zero:
+    def _draw(self, trainer, pl_module):
+        if not trainer.is_global_zero or self._drawn_at == pl_module.ae_steps:
             return
         if trainer.logger is not None:
             trainer.logger.save()  # flush buffered CSV rows first
         plot_loss_curves(self.logs_dir, self.out_png, self.title)
+        self._drawn_at = pl_module.ae_steps
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self._draw(trainer)
+        self._draw(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        self._draw(trainer)
+        self._draw(trainer, pl_module)
 
 
 class ProgressPrinter(pl.Callback):

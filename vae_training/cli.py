@@ -37,6 +37,8 @@ def build_parser(prog: Optional[str] = None, description: str = "") -> argparse.
     p.add_argument("--data_root", help="spectrogram folder; split once into <work_dir>/dataset when no manifest exists")
     p.add_argument("--dataset_dir", help="manifest folder written by step3 (overrides <work_dir>/dataset)")
     p.add_argument("--pretrained_path", help="released VA-VAE .pt (or our exported folder); default: searched")
+    p.add_argument("--trust_pickle", action="store_true", help="allow loading pickled checkpoints (e.g. the "
+                   "released .pt; step2 converts it to safetensors so this is not needed): only for files you trust")
     p.add_argument("--stages", default=None, help="stages to run, e.g. 1,2,3 (default: all in the schedule)")
     p.add_argument("--batch_size", "--batch-size", type=int, help="per-device batch size")
     p.add_argument("--gradient_accumulation", type=int, help="micro-batches per optimizer step")
@@ -81,6 +83,8 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if args.trust_pickle:
+        overrides.append("vae.trust_pickle=true")
     if args.detect_anomaly:
         overrides.append("vae_train.detect_anomaly=true")
     if args.kaggle_t4 and args.devices is None:

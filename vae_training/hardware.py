@@ -41,7 +41,8 @@ def check_precision(precision: str, accelerator: str, gpus: list) -> str:
 
 
 def trainer_hardware(train: DictConfig) -> dict:
-    """accelerator, devices, strategy, precision and world size for pl.Trainer, plus a one-line description."""
+    """accelerator, devices, strategy, precision (or a precision plugin) and world size for pl.Trainer, plus a
+    one-line description."""
     gpus = detect_gpus()
     accelerator = str(train.accelerator)
     if accelerator == "auto":
@@ -76,10 +77,19 @@ def trainer_hardware(train: DictConfig) -> dict:
         # outside the module tree, so DDP neither wraps nor broadcasts them.
         strategy = DDPStrategy(find_unused_parameters=True,
                                process_group_backend="gloo" if accelerator == "cpu" else "nccl")
+    plugins = []
+    if precision == "16-mixed":
+        # The NLL is a sum over pixels (~1e5 for a 256 px image): at the usual initial scale of 65536 the fp16
+        # gradients overflow and the scaler would skip the first ~17 updates of every stage. Start low instead.
+        import torch
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        scaler = torch.amp.GradScaler("cuda", init_scale=float(train.amp_init_scale))
+        plugins.append(MixedPrecision("16-mixed", "cuda", scaler=scaler))
     description = f"{accelerator} x{world_size}, precision {precision}"
     if world_size > 1:
         description += ", DDP (find_unused_parameters=True)"
     if accelerator == "gpu" and precision == "16-mixed" and any(not g.fp16 for g in gpus):
         description += " (WARNING: no fast fp16 on this GPU)"
     return {"accelerator": accelerator, "devices": devices, "strategy": strategy, "precision": precision,
-            "world_size": world_size, "description": description}
+            "plugins": plugins, "world_size": world_size, "description": description}

@@ -148,22 +148,26 @@ def discriminator_loss(discriminator: torch.nn.Module, inputs: torch.Tensor, rec
 
 
 def adaptive_weight(loss_a: torch.Tensor, loss_b: torch.Tensor, param: torch.nn.Parameter, max_value: float,
-                    eps: float = ADAPTIVE_EPS, *, fallback: float = 0.0) -> torch.Tensor:
+                    eps: float = ADAPTIVE_EPS, *, fallback: float = 0.0, grad_scale: float = 1.0) -> torch.Tensor:
     """``clamp(‖∂loss_a/∂param‖ / (‖∂loss_b/∂param‖ + eps), 0, max_value)``, detached (a 0-d tensor).
 
     Scales ``loss_b`` so that its gradient at ``param`` is as large as ``loss_a``'s. The graph is kept
     (``retain_graph``) for the backward pass that follows. A loss that does not reach ``param`` has a zero
     gradient there. Returns ``fallback`` when no gradient can be taken: grad mode off (validation),
     ``param`` frozen, or a loss without a graph.
+
+    ``grad_scale`` (fp16 mixed precision): both losses are multiplied by the AMP grad scaler's current scale
+    before differentiating, and eps with them, so the ratio is unchanged but the fp16 backward stays in range
+    (unscaled, a pixel-sum loss overflows fp16 at the last conv and the ratio becomes inf, then clamped).
     """
     device = param.device
     if not (torch.is_grad_enabled() and param.requires_grad and loss_a.requires_grad and loss_b.requires_grad):
         return torch.tensor(float(fallback), device=device)
-    grad_a, grad_b = (torch.autograd.grad(loss, param, retain_graph=True, allow_unused=True)[0]
+    grad_a, grad_b = (torch.autograd.grad(loss * grad_scale, param, retain_graph=True, allow_unused=True)[0]
                       for loss in (loss_a, loss_b))
     norm_a, norm_b = (torch.linalg.vector_norm(g.float()) if g is not None else torch.zeros((), device=device)
                       for g in (grad_a, grad_b))
-    return torch.clamp(norm_a / (norm_b + eps), 0.0, max_value).detach()
+    return torch.clamp(norm_a / (norm_b + eps * grad_scale), 0.0, max_value).detach()
 
 
 # ------------------------------------------------------------------------------------------- VF alignment
@@ -226,12 +230,14 @@ def generator_loss(
     discriminator: torch.nn.Module | None = None,
     decoder_last_layer: torch.nn.Parameter | None = None,
     encoder_last_layer: torch.nn.Parameter | None = None,
+    grad_scale: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The autoencoder's total loss and a dict of every term (detached) for logging.
 
     ``disc_active``: whether the GAN term is on (the caller counts autoencoder optimizer steps against
     ``disc_start``). ``projected``/``features``: z′ and the foundation features; both None means no VF term.
     ``decoder_last_layer`` / ``encoder_last_layer``: the conv_out weights for λ_adv / adaptive λ_vf.
+    ``grad_scale``: the fp16 AMP grad scaler's current scale, for the adaptive weights (see adaptive_weight).
 
     Logged keys: nll, rec_l1, lpips (with a perceptual network), kl, g_loss, lambda_adv (the weight applied to
     g_loss, disc_factor included; 0 while inactive), vf, vf_distmat, vf_cos, lambda_vf (when VF is on), total.
@@ -250,7 +256,7 @@ def generator_loss(
                              "conv_out weight, for the adaptive GAN weight).")
         g_loss = hinge_g_loss(discriminator(reconstructions))  # D in the caller's mode (train: batch stats)
         lambda_adv = config.disc_factor * config.disc_weight * adaptive_weight(
-            nll, g_loss, decoder_last_layer, ADV_WEIGHT_MAX, fallback=0.0)
+            nll, g_loss, decoder_last_layer, ADV_WEIGHT_MAX, fallback=0.0, grad_scale=grad_scale)
         total = total + lambda_adv * g_loss
         logs["g_loss"] = g_loss.detach()
     else:
@@ -268,7 +274,8 @@ def generator_loss(
             if encoder_last_layer is None:
                 raise ValueError("adaptive_vf needs encoder_last_layer (the encoder's conv_out weight).")
             # Fallback 1.0: without a graph the VF term keeps its nominal weight vf_weight.
-            lambda_vf = config.vf_weight * adaptive_weight(nll, vf, encoder_last_layer, VF_WEIGHT_MAX, fallback=1.0)
+            lambda_vf = config.vf_weight * adaptive_weight(nll, vf, encoder_last_layer, VF_WEIGHT_MAX, fallback=1.0,
+                                                           grad_scale=grad_scale)
         else:
             lambda_vf = torch.tensor(config.vf_weight, device=inputs.device)
         total = total + lambda_vf * vf

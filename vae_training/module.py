@@ -90,6 +90,7 @@ class VAVAEFineTuneModule(pl.LightningModule):
         self.disc_steps = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        self.amp_skipped_steps = 0
         # Set by callbacks or the non-finite guard; read by the stage runner. Not saved.
         self.stop_reason: Optional[str] = None
         self.grad_norms: dict[str, float] = {}
@@ -151,6 +152,7 @@ class VAVAEFineTuneModule(pl.LightningModule):
         self.disc_steps = int(counters["disc_steps"])
         self.nonfinite_in_a_row = int(counters["nonfinite_in_a_row"])
         self.nonfinite_total = int(counters["nonfinite_total"])
+        self.amp_skipped_steps = int(counters.get("amp_skipped_steps", 0))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[COUNTER_KEY] = {
@@ -158,6 +160,7 @@ class VAVAEFineTuneModule(pl.LightningModule):
             "disc_steps": self.disc_steps,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "nonfinite_total": self.nonfinite_total,
+            "amp_skipped_steps": self.amp_skipped_steps,
         }
         # Plain values only, so the file loads with torch.load(weights_only=True) and models.vavae.load_vavae.
         checkpoint["vavae_config"] = {k: _plain(v) for k, v in dict(self.vae.config).items()}
@@ -191,7 +194,16 @@ class VAVAEFineTuneModule(pl.LightningModule):
             discriminator=self.discriminator if with_gan else None,
             decoder_last_layer=self.vae.decoder_conv_out_weight,
             encoder_last_layer=self.vae.encoder_conv_out_weight,
+            grad_scale=self._amp_scale() if self.training else 1.0,
         )
+
+    def _amp_scaler(self):
+        """The fp16 GradScaler of 16-mixed precision (None for fp32 and bf16)."""
+        return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+
+    def _amp_scale(self) -> float:
+        scaler = self._amp_scaler()
+        return float(scaler.get_scale()) if scaler is not None else 1.0
 
     def _window(self, batch_idx: int) -> tuple[bool, int]:
         """(step after this micro-batch?, micro-batches in this accumulation window)."""
@@ -250,9 +262,15 @@ class VAVAEFineTuneModule(pl.LightningModule):
             self.manual_backward(loss / window)  # mean over the accumulation window
             if is_step:
                 if self._grads_finite(self.trainable_vae_parameters()):
+                    scale_before = self._amp_scale()
                     opt_ae.step()  # clipping happens in on_before_optimizer_step (after AMP unscaling)
-                    self.ae_steps += 1
-                    self.nonfinite_in_a_row = 0
+                    if self._amp_scale() < scale_before:
+                        # 16-mixed: the grad scaler found inf/nan gradients, skipped the update and lowered its
+                        # scale (normal for the first steps of a pixel-sum loss). Not an autoencoder step.
+                        self.amp_skipped_steps += 1
+                    else:
+                        self.ae_steps += 1
+                        self.nonfinite_in_a_row = 0
                 else:
                     self._nonfinite("autoencoder gradient", [opt_ae, opt_d])
                 opt_ae.zero_grad(set_to_none=True)
@@ -306,6 +324,9 @@ class VAVAEFineTuneModule(pl.LightningModule):
         values["train_gan_active"] = torch.tensor(float(gan))
         values["train_ae_step"] = torch.tensor(float(self.ae_steps))
         values["train_nonfinite_total"] = torch.tensor(float(self.nonfinite_total))
+        if self._amp_scaler() is not None:
+            values["train_amp_scale"] = torch.tensor(self._amp_scale())
+            values["train_amp_skipped_steps"] = torch.tensor(float(self.amp_skipped_steps))
         if "ae_before_clip" in self.grad_norms:
             values["train_grad_norm_ae"] = torch.tensor(self.grad_norms["ae_before_clip"])
         if "disc_before_clip" in self.grad_norms:

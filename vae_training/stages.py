@@ -46,7 +46,8 @@ def schedule_path(name: str | Path) -> Path:
             return candidate
     raise FileNotFoundError(
         f"Stage schedule {name} not found (looked in the current folder and in {REPO_ROOT}). Set "
-        f"vae_train.schedule to a YAML file with a vae_train.stages list, e.g. vae_training/vavae_microdoppler_config.yaml."
+        f"vae_train.schedule to a YAML file with a vae_train.stages list, e.g. "
+        f"vae_training/vavae_microdoppler_config.yaml."
     )
 
 
@@ -93,8 +94,9 @@ def resolve_stages(cfg: DictConfig) -> list[dict]:
         _check_stage(stage, where)
         init = stage["init_from"]
         if init not in (INIT_PRETRAINED, INIT_RANDOM) and init not in names[: names.index(stage["name"])]:
+            earlier = names[: names.index(stage["name"])]
             raise ValueError(f"{where}: stage '{stage['name']}' has init_from '{init}'; use '{INIT_PRETRAINED}', "
-                             f"'{INIT_RANDOM}' or the name of an earlier stage ({names[: names.index(stage['name'])]}).")
+                             f"'{INIT_RANDOM}' or the name of an earlier stage ({earlier}).")
     return stages
 
 
@@ -167,6 +169,7 @@ class StageResult:
     init_fingerprint: str = ""  # sha256 of the VA-VAE weights the stage started from
     message: str = ""
     nonfinite_skipped_total: int = 0
+    amp_skipped_steps: int = 0  # 16-mixed: updates the grad scaler skipped (inf/nan scaled gradients)
     val_history: list = field(default_factory=list)  # one dict of validation metrics per epoch
     stage_config: dict = field(default_factory=dict)
 

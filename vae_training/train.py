@@ -177,7 +177,8 @@ def build_stage_model(cfg: DictConfig, stage: dict, *, init_checkpoint: Optional
     discriminator = build_discriminator(cfg)
     if resume_from is None:
         vae_init.notes.append(init_discriminator(discriminator, init_checkpoint,
-                                                 released=stage["init_from"] == S.INIT_PRETRAINED))
+                                                 released=stage["init_from"] == S.INIT_PRETRAINED,
+                                                 trust_pickle=bool(cfg.vae.trust_pickle)))
     perceptual = build_perceptual(cfg)
     train_cfg = to_plain(cfg.vae_train)
     train_cfg["freeze_encoder_levels"] = int(cfg.vae.freeze_encoder_levels)
@@ -228,7 +229,9 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
     ]
     trainer = pl.Trainer(
         accelerator=hardware["accelerator"], devices=hardware["devices"], strategy=hardware["strategy"],
-        precision=hardware["precision"], max_epochs=int(stage["epochs"]),
+        # A 16-mixed run passes its precision as a plugin (own grad scaler), which excludes the precision flag.
+        precision=None if hardware["plugins"] else hardware["precision"], plugins=hardware["plugins"] or None,
+        max_epochs=int(stage["epochs"]),
         logger=pl.loggers.CSVLogger(str(folder.root), name="logs"),
         callbacks=callbacks, detect_anomaly=bool(train.detect_anomaly), num_sanity_val_steps=0,
         enable_progress_bar=bool(train.progress_bar), enable_model_summary=False,
@@ -275,6 +278,7 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
     result.ae_steps = int(module.ae_steps)
     result.global_step = int(trainer.global_step)
     result.nonfinite_skipped_total = int(module.nonfinite_total)
+    result.amp_skipped_steps = int(module.amp_skipped_steps)
     result.val_history = history.history
     if trainer.is_global_zero:
         folder.write_result(result)

@@ -7,10 +7,26 @@ manifest every later stage reads, and serve it to PyTorch.
 """
 from __future__ import annotations
 
-from .errors import (DatasetError, ManifestExistsError, ManifestFormatError, NoUsableImagesError,
-                     OutputInsideDataError, UnknownLayoutError)
-from .layouts import (DEFAULT_CONDITION, EXPECTED_LAYOUTS, IMAGE_EXTENSIONS, KNOWN_CONDITIONS, ScanResult,
-                      detect_layout, find_dataset_roots, natural_key, parse_image_name, scan_dataset)
+from .errors import (
+    DatasetError,
+    ManifestExistsError,
+    ManifestFormatError,
+    NoUsableImagesError,
+    OutputInsideDataError,
+    UnknownLayoutError,
+)
+from .layouts import (
+    DEFAULT_CONDITION,
+    EXPECTED_LAYOUTS,
+    IMAGE_EXTENSIONS,
+    KNOWN_CONDITIONS,
+    ScanResult,
+    detect_layout,
+    find_dataset_roots,
+    natural_key,
+    parse_image_name,
+    scan_dataset,
+)
 from .manifest import ALL, LABELS_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, Manifest, load_manifest
 from .prepare import default_output_dir, discover_data_root, prepare_dataset
 from .splits import GAP, SPLITS, find_leaks

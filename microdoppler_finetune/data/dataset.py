@@ -35,7 +35,7 @@ class MicroDopplerDataset(Dataset):
         self.split = split
         self.image_size = int(image_size)
         self.flip = bool(flip)
-        # Plain lists of primitives: cheap to pickle into DataLoader workers.
+        # Only what __getitem__ needs, as small dicts of primitives (pickled into each DataLoader worker).
         self.rows = [{k: e[k] for k in ("path", "person_id", "condition_id", "index")}
                      for e in manifest.entries_for(split)]
         self.data_root = Path(manifest.data_root)

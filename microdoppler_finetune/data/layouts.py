@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 from .errors import UnknownLayoutError
 
@@ -73,8 +73,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-@dataclass(frozen=True)
-class ParsedName:
+class ParsedName(NamedTuple):
     recording: str  # "" when the name carries no recording
     frame: Optional[int]  # None when the name carries no frame number
     name_person: Optional[int]  # the number of a leading "ID<n>_" token, if any

@@ -18,8 +18,7 @@ from typing import Callable, Optional, Union
 from ..environment import default_work_dir, kaggle_input_root
 from .errors import ManifestExistsError, NoUsableImagesError, OutputInsideDataError, UnknownLayoutError
 from .layouts import EXPECTED_LAYOUTS, find_dataset_roots, natural_key, scan_dataset
-from .manifest import (LABELS_FILE, MANIFEST_FILE, MANIFEST_FORMAT, render_manifest_csv, sha256_text,
-                       write_text_atomic)
+from .manifest import LABELS_FILE, MANIFEST_FILE, MANIFEST_FORMAT, render_manifest_csv, sha256_text, write_text_atomic
 from .splits import GAP, SPLITS, SplitUnit, check_fractions, find_leaks, frame_order, split_cells
 from .validation import REASONS, SKIPPED, ValidationResult, validate_images
 
@@ -96,8 +95,8 @@ def _problems_csv(validation: ValidationResult) -> str:
 def problems_summary(validation: ValidationResult, limit: int = 10) -> str:
     skipped = validation.skipped_paths()
     warned = {p.path for p in validation.problems if p.severity != SKIPPED} - skipped
-    lines = [f"Checked {validation.checked} image files: {len(validation.usable)} usable "
-             f"({len(warned)} of them with warnings), {len(skipped)} skipped."]
+    lines = [(f"Checked {validation.checked} image files: {len(validation.usable)} usable "
+              f"({len(warned)} of them with warnings), {len(skipped)} skipped.")]
     for reason, count in validation.counts().items():
         severity, meaning = REASONS[reason]
         lines.append(f"  {count:5d} {severity:8s} {reason}: {meaning}")
@@ -118,7 +117,7 @@ def split_summary_text(rows: list, reports: list, person_names: list, condition_
     total = Counter(row["split"] for row in rows)
     n = sum(total.values())
     cols = (*SPLITS, GAP)
-    width = max([len("person")] + [len(p) for p in person_names]) + 2
+    width = max([len("condition")] + [len(p) for p in (*person_names, *condition_names)]) + 2
     lines = [f"Split summary ({n} images; requested val {val_fraction:.0%}, test {test_fraction:.0%}):",
              "person".ljust(width) + "".join(c.rjust(7) for c in cols) + "  recordings  method"]
     by_person_reports: dict = {}
@@ -136,9 +135,8 @@ def split_summary_text(rows: list, reports: list, person_names: list, condition_
                  + "  (of the images in train/val/test)")
     if len(condition_names) > 1:
         lines.append("condition".ljust(width) + "".join(c.rjust(7) for c in cols))
-        cwidth = max(width, max(len(c) for c in condition_names) + 2)
         for c in condition_names:
-            lines.append(c.ljust(cwidth) + "".join(str(per_condition[c][s]).rjust(7) for s in cols))
+            lines.append(c.ljust(width) + "".join(str(per_condition[c][s]).rjust(7) for s in cols))
     notes = [f"  {r.person}/{r.condition}: {r.note}" for r in reports if r.note]
     if notes:
         lines.append("Notes:")
@@ -185,10 +183,9 @@ def _refuse_overwrite(manifest_path: Path, new_text: str, new_settings: dict) ->
     if not differences:
         differences = ["the images, their content or the split differ"]
     raise ManifestExistsError(
-        f"{manifest_path} already exists and was made from other inputs or settings ("
-        + "; ".join(differences) + "). Later stages (VA-VAE, latent cache, DiT, evaluation) depend on that "
-        f"split, so it is not replaced silently. Pass --overwrite to replace it (and redo the later stages), "
-        f"or choose another --output_dir.")
+        f"{manifest_path} already exists and was made from other inputs or settings ({'; '.join(differences)}). "
+        "Later stages (VA-VAE, latent cache, DiT, evaluation) depend on that split, so it is not replaced "
+        "silently. Pass --overwrite to replace it (and redo the later stages), or choose another --output_dir.")
 
 
 def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, None] = None, *, seed: int = 0,

@@ -114,7 +114,8 @@ def _close_enough(counts: dict, targets: dict, gap_frames: int) -> bool:
     return True
 
 
-def _split_by_recordings(by_recording, recordings, fractions, needed, rng) -> dict:
+def _split_by_recordings(by_recording, recordings, fractions, needed, rng) -> tuple[dict, dict, dict]:
+    """({key: Assignment}, images per held-out split, target images per held-out split)."""
     sizes = {name: len(by_recording[name]) for name in recordings}
     total = sum(sizes.values())
     held_out = [s for s in ("test", "val") if s in needed]

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
-from microdoppler_finetune.export import EXPORT_DIRNAME, read_export_info
+from microdoppler_finetune.export import EXPORT_DIRNAME
 from microdoppler_finetune.latent_cache import (CACHE_INFO_FILE, LatentCache, fixed_seed_noise, load_latent_cache)
 
 

@@ -26,7 +26,7 @@ def _use_conditions(cfg: DictConfig, num_conditions: int) -> bool:
 
 def build_dit(dit_config: Optional[dict], *, data=None, cfg: Optional[DictConfig] = None,
               init_from: Optional[str] = None) -> torch.nn.Module:
-    from models.dit import LightningDiT, adapt_class_embedding, create_dit, load_dit
+    from models.dit import LightningDiT, adapt_class_embedding, create_dit
 
     if dit_config is not None:
         return LightningDiT(**{k: v for k, v in dit_config.items() if not str(k).startswith("_")})
@@ -39,7 +39,8 @@ def build_dit(dit_config: Optional[dict], *, data=None, cfg: Optional[DictConfig
     if init_from:
         ft = cfg.dit.finetune
         print(f"Initialising the DiT from {init_from} ({ft.init_weights} weights)", flush=True)
-        model = load_dit(init_from, use_ema=str(ft.init_weights) == "ema", trust_pickle=bool(ft.trust_pickle))
+        model = _load_init_weights(init_from, use_ema=str(ft.init_weights) == "ema",
+                                   trust_pickle=bool(ft.trust_pickle))
         c = model.config
         if int(c.in_channels) != channels or int(c.input_size) != height:
             raise ValueError(f"{init_from} models {c.in_channels}-channel {c.input_size}x{c.input_size} latents, "
@@ -53,6 +54,21 @@ def build_dit(dit_config: Optional[dict], *, data=None, cfg: Optional[DictConfig
     overrides.update(input_size=height, in_channels=channels, num_classes=data.num_persons,
                      num_conditions=num_conditions)
     return create_dit(str(cfg.dit.model), **overrides)
+
+
+def _load_init_weights(path: str, *, use_ema: bool, trust_pickle: bool) -> torch.nn.Module:
+    """A released LightningDiT / any load_dit file; one of our LoRA checkpoints comes back with LoRA merged."""
+    from models.checkpoints import load_torch_file
+    from models.dit import load_dit
+
+    if str(path).endswith((".pt", ".pth", ".ckpt")):
+        content = load_torch_file(path, trust_pickle=trust_pickle)  # memory-mapped: cheap to look inside
+        if isinstance(content, dict) and content.get("lora") and "dit_config" in content:
+            from microdoppler_finetune.dit_sampling import load_dit_for_sampling
+
+            return load_dit_for_sampling(path, use_ema=use_ema, trust_pickle=trust_pickle)[0]
+        del content
+    return load_dit(path, use_ema=use_ema, trust_pickle=trust_pickle)
 
 
 def dit_config_of(model: torch.nn.Module) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from microdoppler_finetune.config import save_config, to_plain
 from microdoppler_finetune.dit_training import checkpointing as C
@@ -30,7 +30,7 @@ from microdoppler_finetune.dit_training.distributed import (DistInfo, any_rank_t
                                                             mean_over_ranks, setup_distributed)
 from microdoppler_finetune.dit_training.ema import EMA
 from microdoppler_finetune.dit_training.finetune import (LoraSettings, TrainableRule, apply_lora,
-                                                         apply_trainable_rule, optimizer_parameters, unwrap_model)
+                                                         apply_trainable_rule, optimizer_parameters)
 from microdoppler_finetune.dit_training.logging import TrainLog
 from microdoppler_finetune.dit_training.model_setup import (build_dit, dit_config_of, enable_gradient_checkpointing,
                                                             model_forward, num_blocks_of)
@@ -112,6 +112,7 @@ class DiTTrainer:
 
         # Architecture: the checkpoint's when resuming (nanoGPT style), else from the config / init_from.
         ft = cfg.dit.finetune
+        torch.manual_seed(int(t.seed))  # initial weights (and LoRA adapters) depend on the seed only
         if resume is not None:
             model = build_dit(resume["dit_config"], data=None, cfg=cfg, init_from=None)
             self.lora = LoraSettings.from_dict(resume.get("lora"))
@@ -119,6 +120,10 @@ class DiTTrainer:
             model = build_dit(None, data=data, cfg=cfg, init_from=ft.init_from)
             self.lora = (LoraSettings(int(ft.lora_rank), float(ft.lora_alpha or ft.lora_rank), tuple(ft.lora_targets),
                                       float(ft.dropout)) if int(ft.lora_rank) > 0 else None)
+        if float(ft.dropout) > 0 and self.lora is None:
+            raise ValueError("dit.finetune.dropout (--dropout) acts on the LoRA adapters' inputs, and the "
+                             "LightningDiT itself has no dropout layers, so without LoRA it would do nothing. Add "
+                             "--lora_rank N (e.g. 16), or leave --dropout out.")
         self.dit_config = dit_config_of(model)
         self.num_blocks = num_blocks_of(model)
         if t.gradient_checkpointing:
@@ -363,7 +368,8 @@ class DiTTrainer:
             self._maybe_unfreeze()
             tick = time.time()
             result = self.train_step()
-            step_seconds = time.time() - tick if step_seconds is None else 0.9 * step_seconds + 0.1 * (time.time() - tick)
+            took = time.time() - tick
+            step_seconds = took if step_seconds is None else 0.9 * step_seconds + 0.1 * took  # running average
             if result["skipped"]:
                 nonfinite_in_a_row += 1
                 self.skipped_total += 1
@@ -452,7 +458,7 @@ def train_dit(cfg: DictConfig) -> dict:
     from vae_training.stages import parse_duration
 
     started = time.time()
-    dist_info = setup_distributed()
+    dist_info = setup_distributed(str(cfg.dit.train.device))
     try:
         run_dir = Path(cfg.dit.run_dir) if cfg.dit.run_dir else Path(cfg.run.work_dir) / "dit"
         resume_path = C.latest_checkpoint(run_dir / C.CHECKPOINT_DIRNAME)

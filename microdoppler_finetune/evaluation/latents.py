@@ -153,7 +153,10 @@ def person_separability(train_latents: torch.Tensor, train_persons: Sequence[int
 
 
 def embed_2d(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """t-SNE (scikit-learn) of feature rows, after PCA to at most 50 dims (speed; t-SNE's usual recipe)."""
+    """t-SNE (scikit-learn) of feature rows, after PCA to at most 50 dims (speed; t-SNE's usual recipe).
+
+    Deterministic for a given ``seed`` (PCA initialisation, fixed random_state).
+    """
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from sklearn.preprocessing import StandardScaler
@@ -166,7 +169,11 @@ def embed_2d(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
     if components < x.shape[1]:
         x = PCA(n_components=components, random_state=seed).fit_transform(x)
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    # Exact gradients up to 1000 points: faster than Barnes-Hut there (measured: 36 points 0.7 s vs 12.7 s,
+    # 400 points 14 s vs 67 s on 2 busy cores); Barnes-Hut for the large real datasets.
+    method = "exact" if n <= 1000 else "barnes_hut"
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                method=method).fit_transform(x)
 
 
 def subsample_positions(count: int, max_points: Optional[int], seed: int = 0) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -96,9 +96,10 @@ def load_lpips_metric(net: str = "alex", device: str | torch.device = "cpu", *, 
 
         model = create_lpips(net=net, allow_random_backbone=False, download=download)
     except Exception as exc:  # noqa: BLE001 - missing weights, unreadable file, ...: all mean "no LPIPS here"
-        first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        reason = " ".join(str(exc).split())  # one line: the message names the missing file over several lines
+        reason = reason if len(reason) <= 400 else reason[:400] + " ..."
         return LPIPSMetric(None, f"unavailable: LPIPS-{net} backbone weights could not be loaded "
-                                 f"({type(exc).__name__}: {first_line})")
+                                 f"({type(exc).__name__}: {reason})")
     if getattr(model, "backbone_pretrained", True) is False:
         return LPIPSMetric(None, f"unavailable: only a random-backbone LPIPS-{net} could be built; its numbers "
                                  f"would be meaningless")
@@ -230,8 +231,8 @@ def format_number(value, digits: int = 3) -> str:
     return str(value)
 
 
-def metrics_markdown(metrics: dict, title: str) -> str:
-    """A short Markdown report: one row per split, then per-person and per-condition tables per split."""
+def metrics_markdown(metrics: dict, title: str, groups: bool = True) -> str:
+    """A short Markdown report: one row per split, then (``groups``) per-person and per-condition tables."""
     lines = [f"# {title}", ""]
     notes = metrics.get("notes", [])
     for note in notes:
@@ -250,7 +251,7 @@ def metrics_markdown(metrics: dict, title: str) -> str:
     lines += [header.format("split"), rule]
     for split, result in splits.items():
         lines.append(row(split, result["overall"]))
-    for split, result in splits.items():
+    for split, result in (splits.items() if groups else ()):
         for key, label in (("per_person", "person"), ("per_condition", "condition")):
             groups = result.get(key, {})
             if len(groups) <= 1 and key == "per_condition":

@@ -101,7 +101,7 @@ def choose_from_run(run_dir: str | Path) -> CheckpointChoice:
 
     A single stage folder (one holding stage_result.json) is accepted too.
     """
-    from vae_training.stages import STATUS_FINISHED, StageFolder
+    from vae_training.stages import StageFolder
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -155,10 +155,17 @@ def _schedule_order(stage_dirs: list[Path]) -> dict:
 
 
 def load_run_config(path: Path) -> DictConfig:
-    """A run's resolved config.yaml merged onto the current schema (new sections get their defaults)."""
+    """A run's resolved config.yaml merged onto the current schema (new sections get their defaults).
+
+    vae_training adds a top-level ``stage`` entry (that stage's resolved schedule row) to each stage's
+    config.yaml; it is a record, not a schema key, and is dropped. Any other unknown key is an error.
+    """
     from microdoppler_finetune.config import PipelineConfig
 
-    return OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(path))
+    loaded = OmegaConf.load(path)
+    if "stage" in loaded:
+        loaded.pop("stage")
+    return OmegaConf.merge(OmegaConf.structured(PipelineConfig), loaded)
 
 
 def alignment_note(choice: CheckpointChoice) -> Optional[str]:
@@ -287,8 +294,7 @@ def run_metrics(ctx: Step5Context) -> dict:
     _write_json(ctx.out_dir / "metrics.json", metrics)
     (ctx.out_dir / "metrics.md").write_text(metrics_markdown(metrics, f"Reconstruction metrics: {ctx.choice.name}"))
     figure = write_reconstruction_figure(ctx)
-    print(metrics_markdown({"splits": {k: {"overall": v["overall"]} for k, v in splits.items()}},
-                           f"Reconstruction: {ctx.choice.name}"), flush=True)
+    print(metrics_markdown({"splits": splits}, f"Reconstruction: {ctx.choice.name}", groups=False), flush=True)
     return {"metrics": str(ctx.out_dir / "metrics.json"), "figure": str(figure) if figure else None,
             "summary": {split: result["overall"] for split, result in splits.items()},
             "lpips": lpips_metric.description}

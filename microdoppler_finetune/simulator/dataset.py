@@ -24,6 +24,7 @@ import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -147,6 +148,14 @@ def _run_task_star(args) -> List[dict]:
     return _run_task(*args)
 
 
+def _worker_context():
+    """fork on Linux: instant start and no re-import of the caller's main module (works from notebooks,
+    stdin and scripts without a main guard). Workers only run numpy/PIL code, so the usual fork hazard
+    (locks held by the parent's threads, e.g. torch's) does not reach them; PyTorch's DataLoader relies on
+    the same. Elsewhere fork is unsafe or missing, so spawn."""
+    return get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 # ----------------------------------------------------------------------------------------------- the output folder
 
 
@@ -158,17 +167,21 @@ def _is_simulator_marker(path: Path) -> bool:
 
 
 def _our_files(out_dir: Path) -> Tuple[List[Path], List[Path]]:
-    """Files a previous simulation wrote (by name and place) and the folders that held them."""
+    """Files a previous simulation wrote (by name and place) and the folders that held them. Symbolic
+    links are never followed: they may point at a user's real data."""
+    def real_dir(d: Path) -> bool:
+        return d.is_dir() and not d.is_symlink()
+
     files, folders = [], []
-    candidates = [d for d in out_dir.iterdir() if d.is_dir() and PERSON_DIR.match(d.name)]
+    candidates = [d for d in out_dir.iterdir() if real_dir(d) and PERSON_DIR.match(d.name)]
     for cond in CONDITION_NAMES:
         cdir = out_dir / cond
-        if cdir.is_dir():
-            candidates += [d for d in cdir.iterdir() if d.is_dir() and PERSON_DIR.match(d.name)]
+        if real_dir(cdir):
+            candidates += [d for d in cdir.iterdir() if real_dir(d) and PERSON_DIR.match(d.name)]
             folders.append(cdir)
     for person_dir in candidates:
         for f in person_dir.iterdir():
-            if f.is_file() and (IMAGE_NAME.match(f.name) or f.name == PARAMETERS_FILE):
+            if f.is_file() and not f.is_symlink() and (IMAGE_NAME.match(f.name) or f.name == PARAMETERS_FILE):
                 files.append(f)
         folders.insert(0, person_dir)
     for name in (INFO_FILE, IN_PROGRESS_FILE):
@@ -233,7 +246,9 @@ def plan_tasks(*, people: int, per_person: int, seed: int, image_size: int, layo
     return tasks
 
 
-def _check_args(people, per_person, image_size, layout, recordings_per_person):
+def _check_args(people, per_person, image_size, layout, recordings_per_person, seed):
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     for name, value, low in (("people", people, 1), ("per_person", per_person, 1), ("image_size", image_size, 8),
@@ -249,7 +264,7 @@ def simulate_dataset(out_dir, *, people: int = 31, per_person: int = 150, seed: 
     """Simulate ``people`` walkers and write their spectrogram images (see the module docstring for the
     layouts). ``per_person`` is the number of images in each ``ID_n`` folder. Same arguments -> the same
     bytes in every image. Returns a summary (also written to ``simulation_info.json``)."""
-    _check_args(people, per_person, image_size, layout, recordings_per_person)
+    _check_args(people, per_person, image_size, layout, recordings_per_person, seed)
     if conditions is None:
         conditions = DEFAULT_FLAT_CONDITIONS if layout == "flat" else CONDITION_NAMES
     conditions = [check_condition(c) for c in conditions]
@@ -276,17 +291,21 @@ def simulate_dataset(out_dir, *, people: int = 31, per_person: int = 150, seed: 
         results = map(_run_task_star, job_args)
         pool = None
     else:
-        # spawn, not fork: callers (the training pipeline) may already run torch threads.
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=_worker_context())
         results = pool.map(_run_task_star, job_args, chunksize=max(1, len(tasks) // (workers * 8)))
-    done, next_report = 0, 0.1
+    done, last_report = 0, start
     try:
         for task, task_records in zip(tasks, results):
             records.setdefault(task.folder, []).extend(task_records)
             done += task.num_frames
-            if progress and done / total >= next_report:
-                print(f"[simulate] {done}/{total} images ({time.perf_counter() - start:.1f} s)", flush=True)
-                next_report += 0.1
+            now = time.perf_counter()
+            if progress and now - last_report >= 10.0:
+                print(f"[simulate] {done}/{total} images ({now - start:.0f} s)", flush=True)
+                last_report = now
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            f"a simulator worker process died ({err}). If you call simulate_dataset from a script on a system "
+            f"that spawns workers, put the call under `if __name__ == \"__main__\":`; or pass workers=1.") from err
     finally:
         if pool is not None:
             pool.shutdown()

@@ -17,7 +17,9 @@ from microdoppler_finetune.simulator.gait import BodyDimensions, GaitModel, cycl
 from microdoppler_finetune.simulator.people import (
     ConditionEffects, PersonParameters, RecordingParameters, condition_effects, gait_style,
 )
-from microdoppler_finetune.simulator.radar import RadarSettings, add_noise_and_clutter, scatterer_returns
+from microdoppler_finetune.simulator.radar import (
+    RadarSettings, add_noise_and_clutter, ranges_and_rcs, returns_from_ranges,
+)
 from microdoppler_finetune.simulator.scatterers import Scatterer, body_scatterers, carried_object
 
 PLANNING_HORIZON_S = 20.0
@@ -25,7 +27,7 @@ PLANNING_HORIZON_S = 20.0
 
 @dataclass
 class Walk:
-    """Sampled motion of one recording (all arrays have one row per pulse)."""
+    """Sampled motion of one recording (all arrays have one row per time sample)."""
 
     time_s: np.ndarray
     phase: np.ndarray  # gait cycles
@@ -56,7 +58,7 @@ def plan_walk(person: PersonParameters, rec: RecordingParameters, n_samples: int
     t = np.arange(n_samples) / prf_hz
     duration = nominal_cycle_duration(person, rec.speed_mps)
     # Cadence and speed fluctuate together: the stride length stays the person's.
-    fluctuation = 1.0 + (rec.cycle_jitter * smooth_unit_noise(t, rng) if jitter else 0.0)
+    fluctuation = 1.0 + (rec.cycle_jitter * smooth_unit_noise(t, rng) if jitter else np.zeros(n_samples))
     phase = rec.start_phase + np.cumsum(fluctuation) / (prf_hz * duration)
     speed = rec.speed_mps * fluctuation
 
@@ -128,19 +130,32 @@ def world_scatterers(person: PersonParameters, rec: RecordingParameters, walk: W
     return body
 
 
+def subsample(walk: Walk, step: int) -> Walk:
+    """Every ``step``-th sample of a walk, always keeping the last one (so interpolation covers it all)."""
+    idx = np.unique(np.append(np.arange(0, walk.time_s.shape[0], step), walk.time_s.shape[0] - 1))
+    return Walk(walk.time_s[idx], walk.phase[idx], walk.position_xy[idx], walk.heading_rad[idx],
+                walk.speed_mps[idx], walk.cycle_duration_s)
+
+
 def simulate_signal(person: PersonParameters, rec: RecordingParameters, settings: RadarSettings, n_samples: int,
                     *, only: Optional[Sequence[str]] = None, noise: bool = True, jitter: bool = True) -> np.ndarray:
     """Complex baseband return of one recording. ``only``: keep just these scatterers (e.g. ["torso"])."""
     walk = plan_walk(person, rec, n_samples, settings.prf_hz, jitter=jitter)
-    scatterers = world_scatterers(person, rec, walk)
+    coarse = subsample(walk, settings.kinematics_step)
+    scatterers = world_scatterers(person, rec, coarse)
     if only is not None:
         unknown = set(only) - {sc.name for sc in scatterers}
         if unknown:
             raise ValueError(f"no scatterer named {sorted(unknown)}; have {[sc.name for sc in scatterers]}")
         scatterers = [sc for sc in scatterers if sc.name in only]
-    lateral = np.stack([-np.sin(walk.heading_rad), np.cos(walk.heading_rad), np.zeros(n_samples)], axis=1)
+    heading = coarse.heading_rad
+    lateral = np.stack([-np.sin(heading), np.cos(heading), np.zeros_like(heading)], axis=1)
     radar = np.array([0.0, 0.0, rec.radar_height_m])
-    signal = scatterer_returns(scatterers, radar, settings.wavelength, lateral)
+    ranges, rcs = ranges_and_rcs(scatterers, radar, lateral)
+    if coarse.time_s.shape[0] != n_samples:
+        ranges = np.stack([np.interp(walk.time_s, coarse.time_s, r) for r in ranges])
+        rcs = np.stack([np.interp(walk.time_s, coarse.time_s, r) for r in rcs])
+    signal = returns_from_ranges(ranges, rcs, settings.wavelength)
     if noise:
         rng = np.random.default_rng([rec.noise_seed, 1])
         signal = add_noise_and_clutter(signal, rec.snr_db, rec.clutter_db, rng, settings.prf_hz)
