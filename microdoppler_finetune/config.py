@@ -32,6 +32,7 @@ class SimulateConfig:
     layout: str = "flat"  # flat: ID_n/*.jpg; conditions: <Condition>/ID_n/*.jpg
     seed: int = 0
     conditions: Optional[list] = None  # None: the simulator's default set
+    recordings_per_person: int = 6  # per person and condition; more recordings = more independent variation
 
 
 @dataclass
@@ -248,6 +249,26 @@ class DiTConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """step6: person identification with and without generated data, and the generation metrics."""
+
+    classifier: str = "tiny"  # models.classifier preset: tiny (CPU, 64 px), small (128 px), standard (ResNet-18)
+    image_size: int = 64
+    epochs: int = 30  # upper bound; the best validation epoch is kept
+    patience: int = 8
+    batch_size: int = 64
+    learning_rate: float = 2.0e-3
+    seed: int = 0
+    device: str = "auto"
+    fractions: List[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])  # of the real train recordings
+    methods: List[str] = field(default_factory=lambda: ["real", "real+generated", "real+augmentation"])
+    cross_condition: bool = True  # Normal -> Backpack rows when the data has walking conditions
+    generation_metrics: bool = True
+    classification_accuracy_score: bool = True
+    max_generated_per_person: Optional[int] = None
+
+
+@dataclass
 class PipelineConfig:
     run: RunConfig = field(default_factory=RunConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
@@ -257,6 +278,7 @@ class PipelineConfig:
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def preset_path(name: str) -> Path:

@@ -361,6 +361,7 @@ def evaluate_generation(manifest_dir, generated_dir, out_dir="generation_metrics
                           {"value": None, "status": "not computed: disabled (--no_inception)"}),
         "command": command if command is not None else current_command(),
     }
+    results["real_classifier_on_generated"] = identifiability(model, splits["test"], generated, manifest)
     if classification_accuracy_score:
         log("Classification accuracy score: training on generated images only ...")
         cas_model, history = train_classifier([generated], splits["val"], num_classes=manifest.num_persons,
@@ -379,6 +380,20 @@ def evaluate_generation(manifest_dir, generated_dir, out_dir="generation_metrics
     (out / METRICS_MD).write_text(metrics_markdown(results))
     log(f"Wrote {out / METRICS_JSON} and {out / METRICS_MD}")
     return results
+
+
+def identifiability(model: SpectrogramClassifier, real_test: LabelledImages, generated: LabelledImages,
+                    manifest) -> dict:
+    """Does the generator draw the person it was asked for? The classifier trained on real images names the
+    person of each generated sample; its accuracy on the real test split is the ceiling to compare with."""
+    names, conditions = manifest.person_names, manifest.condition_names
+    on_generated = accuracy_report(predict_logits(model, generated).argmax(1), generated, names, conditions)
+    on_real = accuracy_report(predict_logits(model, real_test).argmax(1), real_test, names, conditions)
+    return {"accuracy": on_generated["accuracy"], "images": on_generated["images"],
+            "chance": 1.0 / max(manifest.num_persons, 1), "real_test_accuracy": on_real["accuracy"],
+            "real_test_images": on_real["images"],
+            "per_person": {k: v["accuracy"] for k, v in on_generated["per_person"].items()},
+            "confusion_matrix": on_generated["confusion_matrix"]}
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -406,6 +421,11 @@ def metrics_markdown(results: dict) -> str:
                if "generated_at_baseline_size" in overall else []),
              "| real val (baseline) " + _metric_cells(overall["real_val_baseline"]), "",
              f"Inception FID: {_fmt(results['inception_fid']['value'], 3) or results['inception_fid']['status']}", ""]
+    if "real_classifier_on_generated" in results:
+        ident = results["real_classifier_on_generated"]
+        lines += [f"Identifiability (the classifier trained on real images names the person of each generated "
+                  f"sample): {ident['accuracy']:.4f} on {ident['images']} images; chance {ident['chance']:.4f}; "
+                  f"the same classifier on the real test split: {ident['real_test_accuracy']:.4f}.", ""]
     if "classification_accuracy_score" in results:
         cas = results["classification_accuracy_score"]
         lines += [f"Classification accuracy score (train on generated, test on the real test split): "
@@ -421,14 +441,15 @@ def metrics_markdown(results: dict) -> str:
                                        for p in memo["closest_pairs"]]
     lines += ["", "## Per person", "",
               "| person | FID | KID | precision | recall | density | coverage | images | baseline FID | "
-              "memorisation ratio | CAS acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "memorisation ratio | CAS acc | identified |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in results["per_person"].items():
         if "generated" not in entry:
             continue
         baseline = entry["real_val_baseline"]
         ratio = entry.get("memorisation", {}).get("median_ratio_generated_to_test")
         lines.append(f"| {name} " + _metric_cells(entry["generated"]) + f" {_fmt(baseline.get('fid'), 3)} | "
-                     f"{_fmt(ratio, 3)} | {_fmt(entry.get('cas_test_accuracy'))} |")
+                     f"{_fmt(ratio, 3)} | {_fmt(entry.get('cas_test_accuracy'))} | "
+                     f"{_fmt(results.get('real_classifier_on_generated', {}).get('per_person', {}).get(name))} |")
     if results["people_without_generated_images"]:
         lines += ["", f"No generated images for: {', '.join(results['people_without_generated_images'])}."]
     lines += ["", f"Command: `{results['command']}`"]

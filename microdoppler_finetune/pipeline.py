@@ -1,11 +1,14 @@
-"""One entry for the whole pipeline: simulate (when no data) -> split -> VA-VAE -> export -> DiT -> report.
+"""One entry for the whole pipeline: simulate (when no data) -> split -> VA-VAE -> export -> DiT -> samples ->
+evaluation -> report.
 
 Each stage reads the previous stage's output folder under ``run.work_dir``; nothing is re-split later.
 A stage whose outputs exist is skipped (or resumed by its own trainer), so rerunning the same command
 continues an interrupted run.
 
     python -m microdoppler_finetune.pipeline demo              # CPU demo on simulated data
-    python -m microdoppler_finetune.pipeline vae --data_root D --preset p100
+    python -m microdoppler_finetune.pipeline vae --data_root D --preset p100   # split + VA-VAE + export
+    python -m microdoppler_finetune.pipeline dit --data_root D --preset p100   # DiT + samples + evaluation
+    python -m microdoppler_finetune.pipeline both --data_root D               # everything, preset from the GPU
 """
 from __future__ import annotations
 
@@ -23,10 +26,18 @@ from microdoppler_finetune.config import load_config, save_config
 from microdoppler_finetune.environment import default_work_dir, kaggle_input_root
 
 # Which stages each mode runs, in order. Stage functions are registered below.
+FULL = ("setup", "simulate", "prepare", "preview", "vae", "export", "dit", "sample", "evaluate")
 MODES = {
-    "demo": ("setup", "simulate", "prepare", "preview"),
-    "data": ("setup", "prepare", "preview"),
+    "demo": FULL,  # the CPU demo profile on simulated data unless --preset/--data_root say otherwise
+    "both": FULL,  # the same on your data and hardware preset
+    "data": ("setup", "simulate", "prepare", "preview"),
+    "vae": ("setup", "simulate", "prepare", "preview", "vae", "export"),
+    "dit": ("setup", "dit", "sample", "evaluate"),  # needs the export and latent cache of a vae run
 }
+
+
+class StageIncomplete(RuntimeError):
+    """A stage stopped cleanly before its end (time budget): rerunning the same command continues it."""
 
 
 class PipelineContext:
@@ -45,6 +56,10 @@ class PipelineContext:
     @property
     def dataset_dir(self) -> Path:
         return Path(self.cfg.data.dataset_dir) if self.cfg.data.dataset_dir else self.work_dir / "dataset"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.work_dir / "samples"
 
     @property
     def data_root(self) -> Path:
@@ -73,6 +88,7 @@ def stage_simulate(ctx: PipelineContext) -> dict:
         ctx.simulated_dir, people=sim.people, per_person=sim.per_person, seed=sim.seed,
         image_size=sim.image_size, layout=sim.layout,
         conditions=list(sim.conditions) if sim.conditions else None,
+        recordings_per_person=int(sim.recordings_per_person),
     )
     return {"data_root": str(ctx.simulated_dir), "summary": _jsonable(summary)}
 
@@ -102,11 +118,216 @@ def stage_preview(ctx: PipelineContext) -> dict:
     return {"preview": str(path)}
 
 
+def run_step4_as_process(ctx: PipelineContext) -> dict:
+    """Lightning's DDP starts each extra rank by rerunning the current command: that must be step4 alone, not
+    the whole pipeline, so a multi-device VA-VAE run is its own process with this run's resolved config."""
+    import subprocess
+
+    config_file = save_config(ctx.cfg, ctx.work_dir / "vae_ddp_config.yaml")
+    command = [sys.executable, "-m", "microdoppler_finetune.step4_train_vavae", "--config", str(config_file),
+               "--preset", str(ctx.cfg.run.preset), "--work_dir", str(ctx.work_dir)]
+    print("Launching: " + " ".join(shlex.quote(c) for c in command), flush=True)
+    subprocess.run(command, check=True)
+    return json.loads((ctx.work_dir / "vae" / "summary.json").read_text())
+
+
+def stage_vae(ctx: PipelineContext) -> dict:
+    import os
+
+    from vae_training.hardware import trainer_hardware
+    from vae_training.train import train_vavae
+
+    if trainer_hardware(ctx.cfg.vae_train)["world_size"] > 1 and "LOCAL_RANK" not in os.environ:
+        summary = run_step4_as_process(ctx)
+    else:
+        summary = train_vavae(ctx.cfg)
+    stages = {name: {"status": r.get("status"), "chosen_val_psnr": r.get("chosen_metric"),
+                     "epochs": r.get("epochs_done"), "ae_steps": r.get("ae_steps")}
+              for name, r in summary["stages"].items()}
+    if not summary["complete"]:
+        raise StageIncomplete(f"VA-VAE fine-tuning stopped before its last stage finished ({stages}).")
+    return {"vae_dir": str(ctx.work_dir / "vae"), "stages": stages}
+
+
+def _step5_done(ctx: PipelineContext, name: str, checkpoint: Path, parts) -> bool:
+    summary_file = ctx.work_dir / "validation" / name / "step5_summary.json"
+    if not summary_file.is_file():
+        return False
+    summary = json.loads(summary_file.read_text())
+    return Path(summary.get("checkpoint", "")).resolve() == checkpoint.resolve() and set(parts) <= set(
+        summary.get("parts", []))
+
+
+def _split_metrics(summary: dict) -> dict:
+    """PSNR/SSIM (and LPIPS when its weights were there) per split from a step5 summary."""
+    metrics = summary.get("metrics", {})
+    lpips = metrics.get("lpips")
+    result = {}
+    for split, values in metrics.get("summary", {}).items():
+        result[split] = {"psnr": round(values["psnr"], 3), "ssim": round(values["ssim"], 4)}
+        if "lpips" in values:
+            result[split]["lpips"] = round(values["lpips"], 4)
+    if isinstance(lpips, str):
+        result["lpips"] = lpips.split(" (")[0]
+    return result
+
+
+def before_finetuning_weights(ctx: PipelineContext) -> Optional[Path]:
+    """What "before fine-tuning" means for this run: the released VA-VAE when it is on the machine, else the
+    random starting weights the first stage saved (the demo)."""
+    from vae_training.builders import find_pretrained_vae
+    from vae_training.train import INITIAL_WEIGHTS
+
+    found = find_pretrained_vae(ctx.cfg)
+    if found is not None:
+        return found
+    saved = sorted((ctx.work_dir / "vae").glob(f"*/{INITIAL_WEIGHTS}"))
+    return saved[0] if saved else None
+
+
+def stage_export(ctx: PipelineContext) -> dict:
+    """step5 on the chosen checkpoint (all parts), plus the metrics of the weights before fine-tuning."""
+    from microdoppler_finetune.evaluation.validate_export import (PARTS, choose_from_run, describe_checkpoint,
+                                                                   run_step5)
+
+    result = {}
+    before = before_finetuning_weights(ctx)
+    if before is not None:
+        choice = describe_checkpoint(before)
+        choice.name = "before_finetuning"
+        if not _step5_done(ctx, choice.name, Path(choice.path), ["metrics"]):
+            run_step5(ctx.cfg, choice, parts=("metrics",))
+        summary = json.loads((ctx.work_dir / "validation" / choice.name / "step5_summary.json").read_text())
+        result["before_finetuning"] = {"weights": str(before), **_split_metrics(summary)}
+    choice = choose_from_run(ctx.work_dir / "vae")
+    if not _step5_done(ctx, choice.name, Path(choice.path), PARTS):
+        run_step5(ctx.cfg, choice, parts=PARTS)
+    summary = json.loads((ctx.work_dir / "validation" / choice.name / "step5_summary.json").read_text())
+    result["after_finetuning"] = {"weights": str(choice.path), **_split_metrics(summary)}
+    result["export"] = summary.get("export", {}).get("export")
+    result["latent_cache"] = summary.get("cache", {}).get("latent_cache")
+    return result
+
+
+def _gpus_for_ddp(cfg: DictConfig) -> int:
+    """GPUs the DiT stage should spread over (0/1: train in this process)."""
+    import os
+
+    import torch
+
+    if "LOCAL_RANK" in os.environ or str(cfg.dit.train.device) not in ("auto", "cuda"):
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_dit_with_torchrun(ctx: PipelineContext, gpus: int) -> dict:
+    """DDP needs one process per GPU: rerun the DiT trainer under torchrun with this run's resolved config."""
+    import subprocess
+
+    from microdoppler_finetune.dit_training.checkpointing import CHECKPOINT_DIRNAME, list_checkpoints
+
+    config_file = save_config(ctx.cfg, ctx.work_dir / "dit_torchrun_config.yaml")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+               "-m", "microdoppler_finetune.train_conditional_dit", "--config", str(config_file),
+               "--preset", str(ctx.cfg.run.preset), "--work_dir", str(ctx.work_dir)]
+    print("Launching: " + " ".join(shlex.quote(c) for c in command), flush=True)
+    subprocess.run(command, check=True)
+    run_dir = Path(ctx.cfg.dit.run_dir) if ctx.cfg.dit.run_dir else ctx.work_dir / "dit"
+    saved = list_checkpoints(run_dir / CHECKPOINT_DIRNAME)
+    step = saved[-1][0] if saved else 0
+    return {"status": "finished" if step >= int(ctx.cfg.dit.train.steps) else "time_budget", "step": step,
+            "latest_checkpoint": str(saved[-1][1]) if saved else None, "gpus": gpus}
+
+
+def stage_dit(ctx: PipelineContext) -> dict:
+    from microdoppler_finetune.dit_training.trainer import STOP_FINISHED, train_dit
+
+    gpus = _gpus_for_ddp(ctx.cfg)
+    if gpus > 1:
+        result = run_dit_with_torchrun(ctx, gpus)
+        if result["status"] != STOP_FINISHED:
+            raise StageIncomplete(f"DiT training stopped at step {result['step']} ({result['status']}).")
+        return result
+    result = train_dit(ctx.cfg)
+    if result["status"] != STOP_FINISHED:
+        raise StageIncomplete(f"DiT training stopped at step {result['step']} ({result['status']}).")
+    return {k: result[k] for k in ("step", "best_val_loss", "latest_checkpoint", "precision", "total_params")}
+
+
+def stage_sample(ctx: PipelineContext) -> dict:
+    from microdoppler_finetune.dit_sampling import INFO_FILE, SamplerSettings, generate_dataset
+    from microdoppler_finetune.dit_training.checkpointing import CHECKPOINT_DIRNAME, latest_checkpoint
+    from microdoppler_finetune.dit_training.data import export_dir_of
+
+    dit = ctx.cfg.dit
+    run_dir = Path(dit.run_dir) if dit.run_dir else ctx.work_dir / "dit"
+    checkpoint = latest_checkpoint(run_dir / CHECKPOINT_DIRNAME)
+    if checkpoint is None:
+        raise FileNotFoundError(f"No DiT checkpoint in {run_dir / CHECKPOINT_DIRNAME}: run the dit stage first.")
+    out_dir = ctx.samples_dir
+    info_file = out_dir / INFO_FILE
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        if Path(info.get("checkpoint", "")) == checkpoint.resolve():
+            return {"skipped": f"samples of {checkpoint.name} exist: {out_dir}", "images": len(info["files"])}
+    s = dit.sample
+    settings = SamplerSettings(steps=int(s.steps), sampler=str(s.sampler), cfg_scale=float(s.cfg_scale),
+                               cfg_interval_start=float(s.cfg_interval_start), shift=float(s.shift),
+                               seed=int(s.seed), batch_size=int(s.batch_size))
+    info = generate_dataset(checkpoint, export_dir_of(ctx.cfg), out_dir, per_person=int(s.per_person),
+                            settings=settings, image_size=s.image_size, use_ema=bool(s.use_ema),
+                            device=str(dit.train.device))
+    return {"samples": str(out_dir), "images": len(info["files"]), "checkpoint": str(checkpoint),
+            "seconds_per_image": info["seconds_per_image"]}
+
+
+def stage_evaluate(ctx: PipelineContext) -> dict:
+    """step6: identification with/without generated data on the one test split, then the generation metrics."""
+    from microdoppler_finetune.evaluate_generation import evaluate_generation
+    from microdoppler_finetune.identification import (FEATURE_CLASSIFIER_DIR, IdentificationConfig,
+                                                      run_identification_experiments)
+
+    e = ctx.cfg.evaluate
+    config = IdentificationConfig(preset=str(e.classifier), image_size=int(e.image_size), epochs=int(e.epochs),
+                                  patience=int(e.patience), batch_size=int(e.batch_size),
+                                  learning_rate=float(e.learning_rate), seed=int(e.seed), device=str(e.device),
+                                  num_workers=int(ctx.cfg.data.num_workers))
+    generated = ctx.samples_dir if ctx.samples_dir.is_dir() else None
+    out = ctx.work_dir / "evaluation"
+    results = run_identification_experiments(
+        ctx.dataset_dir, generated, out / "identification", list(e.fractions), config=config,
+        methods=list(e.methods), cross_condition=bool(e.cross_condition), command=ctx.command,
+        max_generated_per_person=e.max_generated_per_person)
+    summary = {"identification_test_accuracy": {r["variant"]: round(r["test_accuracy"], 4) for r in results["rows"]},
+               "identification": str(out / "identification")}
+    if generated is not None and bool(e.generation_metrics):
+        classifier = out / "identification" / FEATURE_CLASSIFIER_DIR
+        metrics = evaluate_generation(
+            ctx.dataset_dir, generated, out / "generation",
+            classifier=str(classifier) if (classifier / "config.json").is_file() else None, config=config,
+            classification_accuracy_score=bool(e.classification_accuracy_score),
+            max_generated_per_person=e.max_generated_per_person, command=ctx.command)
+        ident = metrics["real_classifier_on_generated"]
+        summary["generated_identified_by_real_classifier"] = {
+            "accuracy": round(ident["accuracy"], 4), "chance": round(ident["chance"], 4),
+            "real_test_accuracy": round(ident["real_test_accuracy"], 4), "images": ident["images"]}
+        summary["generation_metrics"] = {k: metrics["overall"]["generated"].get(k) for k in
+                                         ("fid", "kid", "precision", "recall", "density", "coverage")}
+        if "classification_accuracy_score" in metrics:
+            summary["classification_accuracy_score"] = metrics["classification_accuracy_score"]["test_accuracy"]
+    return summary
+
+
 STAGES: dict[str, Callable[[PipelineContext], dict]] = {
     "setup": stage_setup,
     "simulate": stage_simulate,
     "prepare": stage_prepare,
     "preview": stage_preview,
+    "vae": stage_vae,
+    "export": stage_export,
+    "dit": stage_dit,
+    "sample": stage_sample,
+    "evaluate": stage_evaluate,
 }
 
 
@@ -123,9 +344,14 @@ def run_pipeline(cfg: DictConfig, mode: str, command: str = "") -> Path:
     for name in MODES[mode]:
         print(f"\n=== stage: {name} ===", flush=True)
         start = time.time()
-        result = STAGES[name](ctx)
+        try:
+            result = STAGES[name](ctx)
+        except StageIncomplete as stop:
+            ctx.log.append({"stage": name, "seconds": round(time.time() - start, 1), "incomplete": str(stop)})
+            write_report(ctx, mode)
+            raise
         seconds = round(time.time() - start, 1)
-        ctx.log.append({"stage": name, "seconds": seconds, **result})
+        ctx.log.append({"stage": name, "seconds": seconds, **_jsonable(result)})
         print(json.dumps({"stage": name, "seconds": seconds, **result}, indent=2, default=str), flush=True)
     return write_report(ctx, mode)
 
@@ -176,7 +402,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         overrides.append(f"data.data_root={args.data_root}")
     cfg = load_config(preset, args.config, overrides)
     command = "python -m microdoppler_finetune.pipeline " + " ".join(shlex.quote(a) for a in argv)
-    run_pipeline(cfg, args.mode, command)
+    try:
+        run_pipeline(cfg, args.mode, command)
+    except StageIncomplete as stop:
+        print(f"\n{stop}\nNothing is lost: rerun the same command to continue.\n  {command}", file=sys.stderr)
+        return 3
     return 0
 
 

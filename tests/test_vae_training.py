@@ -143,7 +143,7 @@ def test_schedule_overrides_and_errors(tmp_path):
     cfg = load_config("cpu_demo", None, ["vae_train.stage_overrides.stage2.epochs=7",
                                          "vae_train.learning_rate=3e-5"])
     stages = S.resolve_stages(cfg)
-    assert stages[1]["epochs"] == 7 and stages[0]["epochs"] == 4  # cpu_demo preset: stage1 4 epochs
+    assert stages[1]["epochs"] == 7 and stages[0]["epochs"] == 2  # cpu_demo preset: stage1 2 epochs
     assert {s["learning_rate"] for s in stages} == {3e-5}  # --learning_rate: every stage of the run
     assert [s["name"] for s in S.select_stages(stages, "3,1")] == ["stage1", "stage3"]
     with pytest.raises(ValueError, match="stages 1..3"):

@@ -209,6 +209,8 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
 
     if _rank_zero():
         write_stage_config(cfg, stage, folder, resumed=resume_from is not None)
+        if resume_from is None and init_ckpt is None:
+            save_initial_weights(module.vae, folder)
 
     hardware = trainer_hardware(train)
     best = pl.callbacks.ModelCheckpoint(
@@ -285,6 +287,18 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
     print(f"[{stage['name']}] {status}: {message}\n[{stage['name']}] chosen checkpoint: {best_path} "
           f"({MONITOR}={best_score})", flush=True)
     return result
+
+
+INITIAL_WEIGHTS = "initial_weights.safetensors"
+
+
+def save_initial_weights(vae: torch.nn.Module, folder: S.StageFolder) -> Path:
+    """A stage that starts without a checkpoint (random init) keeps its starting weights: step5 measures
+    "before fine-tuning" on them when the released weights are not available (the demo)."""
+    from models.vavae import save_ldm_safetensors
+
+    folder.root.mkdir(parents=True, exist_ok=True)
+    return save_ldm_safetensors(vae, folder.root / INITIAL_WEIGHTS, {"note": "weights before the first step"})
 
 
 def _rank_zero() -> bool:
