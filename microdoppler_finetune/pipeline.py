@@ -281,6 +281,27 @@ def stage_sample(ctx: PipelineContext) -> dict:
             "seconds_per_image": info["seconds_per_image"]}
 
 
+def step6_command(ctx: PipelineContext, generated: Optional[Path]) -> str:
+    """The step6 command line that redoes this evaluation (each result row appends its --variants)."""
+    from microdoppler_finetune.identification import current_command
+
+    e = ctx.cfg.evaluate
+    argv = ["--work_dir", str(ctx.work_dir), "--dataset_dir", str(ctx.dataset_dir),
+            "--preset", str(e.classifier), "--image_size", str(e.image_size), "--epochs", str(e.epochs),
+            "--patience", str(e.patience), "--batch_size", str(e.batch_size), "--lr", str(e.learning_rate),
+            "--seed", str(e.seed), "--fractions", ",".join(str(f) for f in e.fractions),
+            "--methods", ",".join(e.methods)]
+    if generated is not None:
+        argv += ["--generated", str(generated)]
+    if e.max_generated_per_person:
+        argv += ["--max_generated_per_person", str(e.max_generated_per_person)]
+    if not bool(e.cross_condition):
+        argv.append("--no_cross_condition")
+    if not bool(e.classification_accuracy_score):
+        argv.append("--no_cas")
+    return current_command("microdoppler_finetune.step6_evaluate", argv)
+
+
 def stage_evaluate(ctx: PipelineContext) -> dict:
     """step6: identification with/without generated data on the one test split, then the generation metrics."""
     from microdoppler_finetune.evaluate_generation import evaluate_generation
@@ -294,9 +315,10 @@ def stage_evaluate(ctx: PipelineContext) -> dict:
                                   num_workers=int(ctx.cfg.data.num_workers))
     generated = ctx.samples_dir if ctx.samples_dir.is_dir() else None
     out = ctx.work_dir / "evaluation"
+    command = step6_command(ctx, generated)
     results = run_identification_experiments(
         ctx.dataset_dir, generated, out / "identification", list(e.fractions), config=config,
-        methods=list(e.methods), cross_condition=bool(e.cross_condition), command=ctx.command,
+        methods=list(e.methods), cross_condition=bool(e.cross_condition), command=command,
         max_generated_per_person=e.max_generated_per_person)
     summary = {"identification_test_accuracy": {r["variant"]: round(r["test_accuracy"], 4) for r in results["rows"]},
                "identification": str(out / "identification")}
@@ -306,7 +328,7 @@ def stage_evaluate(ctx: PipelineContext) -> dict:
             ctx.dataset_dir, generated, out / "generation",
             classifier=str(classifier) if (classifier / "config.json").is_file() else None, config=config,
             classification_accuracy_score=bool(e.classification_accuracy_score),
-            max_generated_per_person=e.max_generated_per_person, command=ctx.command)
+            max_generated_per_person=e.max_generated_per_person, command=command)
         ident = metrics["real_classifier_on_generated"]
         summary["generated_identified_by_real_classifier"] = {
             "accuracy": round(ident["accuracy"], 4), "chance": round(ident["chance"], 4),

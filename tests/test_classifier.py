@@ -17,13 +17,7 @@ from models.classifier import CLASSIFIER_PRESETS, SpectrogramClassifier, create_
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one torch thread (tests/conftest.py)
 
 
 def synthetic_spectrogram(person: int, recording: int, frame: int, size: int = SIZE) -> np.ndarray:

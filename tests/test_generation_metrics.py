@@ -13,13 +13,7 @@ from microdoppler_finetune.evaluate_generation import (frechet_distance, kernel_
                                                        memorisation_report, nearest_neighbours,
                                                        precision_recall_density_coverage)
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one torch thread (tests/conftest.py)
 
 
 def gaussian_cloud(n: int, dim: int = 8, shift: float = 0.0, seed: int = 0) -> np.ndarray:
