@@ -27,6 +27,7 @@ per person and the memorisation check. Definitions:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
@@ -39,7 +40,7 @@ from scipy import linalg
 
 from microdoppler_finetune.identification import (IdentificationConfig, LabelledImages, accuracy_report,
                                                   current_command, load_generated_images, load_split_images,
-                                                  predict_logits, resolve_device, train_classifier)
+                                                  predict_logits, resolve_device, to_uint8, train_classifier)
 from models.classifier import CLASSIFIER_PRESETS, SpectrogramClassifier, load_classifier
 
 METRICS_JSON = "generation_metrics.json"
@@ -283,13 +284,15 @@ def evaluate_generation(manifest_dir, generated_dir, out_dir="generation_metrics
                         kid_subset_size: int = 1000, classification_accuracy_score: bool = True,
                         inception: bool = True, inception_weights: Optional[str] = None, data_root=None,
                         max_generated_per_person: Optional[int] = None, command: Optional[str] = None,
-                        log=print) -> dict:
+                        vae_encoder=None, log=print) -> dict:
     """Compute every generation metric (overall and per person) and write generation_metrics.json/.md.
 
     Reference set: the real TRAIN split (what the generator learned from). Baseline: the same metrics for the
     real VALIDATION split against it, i.e. the numbers a perfect generator of fresh real data would get with
     this many samples. ``classifier`` is a SpectrogramClassifier, a folder saved by one, or None to train one
     (preset and image size from ``config``; with a given classifier its own training image size is used).
+    ``vae_encoder`` (step5's exported folder) adds identifiability behind the VA-VAE (a classifier trained on
+    round-tripped real images), which separates what the codec loses from what the DiT gets wrong.
     """
     from microdoppler_finetune.data import load_manifest
 
@@ -362,6 +365,9 @@ def evaluate_generation(manifest_dir, generated_dir, out_dir="generation_metrics
         "command": command if command is not None else current_command(),
     }
     results["real_classifier_on_generated"] = identifiability(model, splits["test"], generated, manifest)
+    if vae_encoder is not None:
+        results["reconstruction_classifier_on_generated"] = reconstruction_identifiability(
+            vae_encoder, splits, generated, manifest, config, log)
     if classification_accuracy_score:
         log("Classification accuracy score: training on generated images only ...")
         cas_model, history = train_classifier([generated], splits["val"], num_classes=manifest.num_persons,
@@ -396,6 +402,38 @@ def identifiability(model: SpectrogramClassifier, real_test: LabelledImages, gen
             "confusion_matrix": on_generated["confusion_matrix"]}
 
 
+@torch.no_grad()
+def vae_round_trip(vae: torch.nn.Module, data: LabelledImages, *, batch_size: int = 32) -> LabelledImages:
+    """The images as the VA-VAE gives them back (posterior mode, decoded): what the DiT can at best produce."""
+    device = next(vae.parameters()).device
+    out = []
+    for start in range(0, len(data), batch_size):
+        x = data.float_images(torch.arange(start, min(start + batch_size, len(data))), device=device)
+        decoded = vae.decode(vae.encode(x).mode())
+        out.append(getattr(decoded, "sample", decoded).float().clamp(-1, 1).cpu())
+    images = torch.cat(out) if out else data.images.float()
+    return dataclasses.replace(data, images=to_uint8(images), source=f"{data.source}:vae")
+
+
+def reconstruction_identifiability(vae_encoder, splits: Dict[str, LabelledImages], generated: LabelledImages,
+                                   manifest, config: IdentificationConfig, log=print) -> dict:
+    """Identifiability with the VA-VAE's texture loss factored out: a classifier trained on the real train images
+    after a VA-VAE round trip names the person of each generated sample; its accuracy on round-tripped real test
+    images is the ceiling. A generator can beat chance here while the plain real classifier still fails on the
+    codec's smoother images (a weak VA-VAE); it cannot beat the ceiling."""
+    from microdoppler_finetune.export import load_exported_vae
+
+    vae = load_exported_vae(vae_encoder).to(resolve_device(config.device))
+    log(f"Identifiability behind the VA-VAE ({vae_encoder}): round-tripping the real splits ...")
+    trips = {name: vae_round_trip(vae, data) for name, data in splits.items()}
+    model, history = train_classifier([trips["train"]], trips["val"], num_classes=manifest.num_persons,
+                                      config=config, forbidden_keys=splits["test"].keys, log=log)
+    result = identifiability(model.eval(), trips["test"], generated, manifest)
+    result["vae_encoder"] = str(vae_encoder)
+    result["best_epoch"] = history["best_epoch"]
+    return result
+
+
 def _fmt(value, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -426,6 +464,11 @@ def metrics_markdown(results: dict) -> str:
         lines += [f"Identifiability (the classifier trained on real images names the person of each generated "
                   f"sample): {ident['accuracy']:.4f} on {ident['images']} images; chance {ident['chance']:.4f}; "
                   f"the same classifier on the real test split: {ident['real_test_accuracy']:.4f}.", ""]
+    if "reconstruction_classifier_on_generated" in results:
+        trip = results["reconstruction_classifier_on_generated"]
+        lines += [f"Identifiability behind the VA-VAE (classifier trained on real images after a VA-VAE round trip): "
+                  f"{trip['accuracy']:.4f} on generated samples; chance {trip['chance']:.4f}; ceiling (round-tripped "
+                  f"real test images) {trip['real_test_accuracy']:.4f}.", ""]
     if "classification_accuracy_score" in results:
         cas = results["classification_accuracy_score"]
         lines += [f"Classification accuracy score (train on generated, test on the real test split): "
@@ -476,6 +519,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--num_workers", type=int, default=0, help="image loading workers")
     parser.add_argument("--max_generated_per_person", type=int, help="use at most N generated images per person")
+    parser.add_argument("--vae_encoder", help="step5's exported VA-VAE folder: adds identifiability behind the VA-VAE "
+                        "(a classifier trained on round-tripped real images)")
 
 
 def config_from_args(args: argparse.Namespace) -> IdentificationConfig:
@@ -507,7 +552,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
                                config=config_from_args(args), k=args.k, classification_accuracy_score=not args.no_cas,
                                inception=not args.no_inception, inception_weights=args.inception_weights,
                                data_root=args.data_root, max_generated_per_person=args.max_generated_per_person,
-                               command=command)
+                               command=command, vae_encoder=args.vae_encoder)
 
 
 if __name__ == "__main__":

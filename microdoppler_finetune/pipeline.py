@@ -307,6 +307,7 @@ def stage_evaluate(ctx: PipelineContext) -> dict:
     from microdoppler_finetune.evaluate_generation import evaluate_generation
     from microdoppler_finetune.identification import (FEATURE_CLASSIFIER_DIR, IdentificationConfig,
                                                       run_identification_experiments)
+    from microdoppler_finetune.step6_evaluate import default_vae_encoder
 
     e = ctx.cfg.evaluate
     config = IdentificationConfig(preset=str(e.classifier), image_size=int(e.image_size), epochs=int(e.epochs),
@@ -328,11 +329,15 @@ def stage_evaluate(ctx: PipelineContext) -> dict:
             ctx.dataset_dir, generated, out / "generation",
             classifier=str(classifier) if (classifier / "config.json").is_file() else None, config=config,
             classification_accuracy_score=bool(e.classification_accuracy_score),
-            max_generated_per_person=e.max_generated_per_person, command=command)
-        ident = metrics["real_classifier_on_generated"]
-        summary["generated_identified_by_real_classifier"] = {
-            "accuracy": round(ident["accuracy"], 4), "chance": round(ident["chance"], 4),
-            "real_test_accuracy": round(ident["real_test_accuracy"], 4), "images": ident["images"]}
+            max_generated_per_person=e.max_generated_per_person, command=command,
+            vae_encoder=default_vae_encoder(ctx.work_dir))
+        for key, name in (("real_classifier_on_generated", "generated_identified_by_real_classifier"),
+                          ("reconstruction_classifier_on_generated", "generated_identified_behind_the_vae")):
+            if key in metrics:
+                ident = metrics[key]
+                summary[name] = {"accuracy": round(ident["accuracy"], 4), "chance": round(ident["chance"], 4),
+                                 "real_test_accuracy": round(ident["real_test_accuracy"], 4),
+                                 "images": ident["images"]}
         summary["generation_metrics"] = {k: metrics["overall"]["generated"].get(k) for k in
                                          ("fid", "kid", "precision", "recall", "density", "coverage")}
         if "classification_accuracy_score" in metrics:

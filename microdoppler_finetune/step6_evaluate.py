@@ -54,6 +54,14 @@ def _without_variants(argv: Optional[List[str]]) -> List[str]:
     return kept
 
 
+def default_vae_encoder(work_dir: Path) -> Optional[str]:
+    """step5's exported VA-VAE of this work dir, when there is one (for identifiability behind the VA-VAE)."""
+    from microdoppler_finetune.export import EXPORT_DIRNAME, EXPORT_INFO_FILE
+
+    folder = work_dir / "export" / EXPORT_DIRNAME
+    return str(folder) if (folder / EXPORT_INFO_FILE).is_file() else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="step6_evaluate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,9 +119,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
             dataset_dir, args.generated, out / "generation", classifier=classifier, config=config,
             classification_accuracy_score=not args.no_cas, inception=not args.no_inception,
             inception_weights=args.inception_weights, data_root=args.data_root,
-            max_generated_per_person=args.max_generated_per_person, command=command)
+            max_generated_per_person=args.max_generated_per_person, command=command,
+            vae_encoder=args.vae_encoder or default_vae_encoder(work_dir))
         summary["generation"] = {k: metrics["overall"]["generated"].get(k) for k in
                                  ("fid", "kid", "precision", "recall", "density", "coverage")}
+        summary["identifiability"] = {k: metrics[k]["accuracy"] for k in
+                                      ("real_classifier_on_generated", "reconstruction_classifier_on_generated")
+                                      if k in metrics}
     print(json.dumps(summary, indent=2))
     return summary
 

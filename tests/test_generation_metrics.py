@@ -228,3 +228,35 @@ def test_identifiability_names_the_person_a_generated_sample_was_asked_for(small
     assert good["real_test_accuracy"] >= 0.9
     assert good["accuracy"] >= 0.9 and bad["accuracy"] <= 0.2
     assert set(good["per_person"]) == {"ID_1", "ID_2", "ID_3"}
+
+
+def test_identifiability_behind_the_vae_round_trips_every_split_and_reports_its_ceiling(small_dataset, tmp_path):
+    """With step5's export given, a second classifier is trained on VA-VAE round trips of the real images; the
+    test images are round-tripped too (its ceiling) and the real test images never train it."""
+    from microdoppler_finetune.data import load_manifest
+    from microdoppler_finetune.evaluate_generation import evaluate_generation, vae_round_trip
+    from microdoppler_finetune.export import export_encoder_for_dit, load_exported_vae
+    from microdoppler_finetune.identification import IdentificationConfig, load_split_images
+    from models.classifier import create_classifier
+    from models.vavae import create_vavae
+
+    torch.manual_seed(0)
+    export = export_encoder_for_dit(create_vavae("test").eval(), tmp_path / "export", latents_mean=[0.0] * 4,
+                                    latents_std=[1.0] * 4, info={"source_checkpoint": "memory"})
+    vae = load_exported_vae(export)
+    test = load_split_images(load_manifest(small_dataset / "dataset"), "test", image_size=SIZE)
+    trip = vae_round_trip(vae, test)
+    assert trip.images.shape == test.images.shape and trip.keys == test.keys
+    assert not torch.equal(trip.images, test.images)  # a random VA-VAE changes the pictures
+
+    classifier = create_classifier("tiny", num_classes=3, image_size=SIZE).eval()
+    config = IdentificationConfig(image_size=SIZE, epochs=2, patience=2, batch_size=8)
+    results = evaluate_generation(small_dataset / "dataset", small_dataset / "generated", tmp_path / "metrics",
+                                  classifier=classifier, config=config, kid_subsets=5, inception=False,
+                                  classification_accuracy_score=False, vae_encoder=export, log=None)
+    behind = results["reconstruction_classifier_on_generated"]
+    assert behind["chance"] == pytest.approx(1 / 3) and behind["images"] == 16
+    assert behind["real_test_accuracy"] is not None and 0 <= behind["accuracy"] <= 1
+    assert behind["vae_encoder"] == str(export)
+    markdown = (tmp_path / "metrics/generation_metrics.md").read_text()
+    assert "Identifiability behind the VA-VAE" in markdown
