@@ -403,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default=None, help="hardware preset (configs/<preset>.yaml); "
                         "default: cpu_demo for 'demo', else the one step1 recommends")
     parser.add_argument("--config", default=None, help="YAML overriding the preset")
-    parser.add_argument("--data_root", default=None, help="your spectrogram folder (default: simulate one)")
+    parser.add_argument("--data_root", default=None, help="your spectrogram folder (default: with --kaggle the "
+                        "dataset found under /kaggle/input, else simulate one)")
     parser.add_argument("--work_dir", default=None, help="output root (default ./work_dir)")
     parser.add_argument("--kaggle", action="store_true", help="outputs under /kaggle/working")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -422,6 +423,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     overrides = list(args.overrides)
     work_dir = args.work_dir or str(default_work_dir(kaggle=args.kaggle))
     overrides.append(f"run.work_dir={work_dir}")
+    if args.kaggle and not args.data_root and args.mode != "demo":
+        from microdoppler_finetune.data import DatasetError, discover_data_root
+
+        try:
+            args.data_root = str(discover_data_root(kaggle_input_root()))
+        except DatasetError as error:
+            raise SystemExit(f"ERROR: {error}") from None
+        print(f"--kaggle: using the dataset found at {args.data_root}", flush=True)
     if args.data_root:
         if not Path(args.data_root).is_dir():
             hint = f" Attached Kaggle inputs are under {kaggle_input_root()}." if args.kaggle else ""
@@ -429,11 +438,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         overrides.append(f"data.data_root={args.data_root}")
     cfg = load_config(preset, args.config, overrides)
     command = "python -m microdoppler_finetune.pipeline " + " ".join(shlex.quote(a) for a in argv)
+    from microdoppler_finetune.data import DatasetError
+
     try:
         run_pipeline(cfg, args.mode, command)
     except StageIncomplete as stop:
         print(f"\n{stop}\nNothing is lost: rerun the same command to continue.\n  {command}", file=sys.stderr)
         return 3
+    except (FileNotFoundError, DatasetError) as error:
+        # Missing inputs (a folder, an earlier stage's output, weights): the message names the file and the fix.
+        print(f"\nERROR: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
