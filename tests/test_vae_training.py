@@ -143,7 +143,7 @@ def test_schedule_overrides_and_errors(tmp_path):
     cfg = load_config("cpu_demo", None, ["vae_train.stage_overrides.stage2.epochs=7",
                                          "vae_train.learning_rate=3e-5"])
     stages = S.resolve_stages(cfg)
-    assert stages[1]["epochs"] == 7 and stages[0]["epochs"] == 2  # cpu_demo preset: stage1 2 epochs
+    assert stages[1]["epochs"] == 7 and stages[0]["epochs"] == 4  # cpu_demo preset: stage1 4 epochs
     assert {s["learning_rate"] for s in stages} == {3e-5}  # --learning_rate: every stage of the run
     assert [s["name"] for s in S.select_stages(stages, "3,1")] == ["stage1", "stage3"]
     with pytest.raises(ValueError, match="stages 1..3"):
@@ -413,7 +413,7 @@ def test_two_stages_resume_and_start_from_the_previous_stage(tiny_dataset, tmp_p
     assert stage2.init_fingerprint != stage1.init_fingerprint
 
     # The learning rate the optimizers used, read back from them every step, is the stage's.
-    for name, lr in (("stage1", 5e-4), ("stage2", 2.5e-4)):  # configs/cpu_demo.yaml
+    for name, lr in (("stage1", 1e-3), ("stage2", 2.5e-4)):  # configs/cpu_demo.yaml
         used = {float(r["train_lr_ae"]) for seg in metric_rows(vae_dir / name) for r in seg if r.get("train_lr_ae")}
         assert len(used) == 1 and used.pop() == pytest.approx(lr, rel=1e-6)  # logged as float32
 
