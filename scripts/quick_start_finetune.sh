@@ -3,7 +3,9 @@
 #
 #   demo  whole pipeline on simulated data with the CPU demo profile (no data, GPU or internet needed)
 #   data  set up and split your own data:       ... data --data_root /path/to/spectrograms
-#   (vae, dit, both: see README; they call the same pipeline entry)
+#   vae   split + three-stage VA-VAE + export + latent cache (preset from the GPUs found, or --preset)
+#   dit   DiT training + samples + evaluation on the latents of a vae run
+#   both  vae then dit                          ... both --kaggle   (finds the dataset under /kaggle/input)
 #
 # Every extra option goes to `python -m microdoppler_finetune.pipeline MODE ...` (see --help there).
 # Rerunning the same command continues where it stopped.
