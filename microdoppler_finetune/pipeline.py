@@ -118,16 +118,21 @@ def stage_preview(ctx: PipelineContext) -> dict:
     return {"preview": str(path)}
 
 
+def run_in_own_process(ctx: PipelineContext, program: list, config_name: str) -> None:
+    """Run a step script as a child process with this run's resolved config (saved as ``config_name``)."""
+    import subprocess
+
+    config_file = save_config(ctx.cfg, ctx.work_dir / config_name)
+    command = program + ["--config", str(config_file), "--preset", str(ctx.cfg.run.preset),
+                         "--work_dir", str(ctx.work_dir)]
+    print("Launching: " + " ".join(shlex.quote(c) for c in command), flush=True)
+    subprocess.run(command, check=True)
+
+
 def run_step4_as_process(ctx: PipelineContext) -> dict:
     """Lightning's DDP starts each extra rank by rerunning the current command: that must be step4 alone, not
     the whole pipeline, so a multi-device VA-VAE run is its own process with this run's resolved config."""
-    import subprocess
-
-    config_file = save_config(ctx.cfg, ctx.work_dir / "vae_ddp_config.yaml")
-    command = [sys.executable, "-m", "microdoppler_finetune.step4_train_vavae", "--config", str(config_file),
-               "--preset", str(ctx.cfg.run.preset), "--work_dir", str(ctx.work_dir)]
-    print("Launching: " + " ".join(shlex.quote(c) for c in command), flush=True)
-    subprocess.run(command, check=True)
+    run_in_own_process(ctx, [sys.executable, "-m", "microdoppler_finetune.step4_train_vavae"], "vae_ddp_config.yaml")
     return json.loads((ctx.work_dir / "vae" / "summary.json").read_text())
 
 
@@ -222,18 +227,13 @@ def _gpus_for_ddp(cfg: DictConfig) -> int:
 
 def run_dit_with_torchrun(ctx: PipelineContext, gpus: int) -> dict:
     """DDP needs one process per GPU: rerun the DiT trainer under torchrun with this run's resolved config."""
-    import subprocess
-
     from microdoppler_finetune.dit_training.checkpointing import CHECKPOINT_DIRNAME, list_checkpoints
+    from microdoppler_finetune.dit_training.data import run_dir_of
 
-    config_file = save_config(ctx.cfg, ctx.work_dir / "dit_torchrun_config.yaml")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-               "-m", "microdoppler_finetune.train_conditional_dit", "--config", str(config_file),
-               "--preset", str(ctx.cfg.run.preset), "--work_dir", str(ctx.work_dir)]
-    print("Launching: " + " ".join(shlex.quote(c) for c in command), flush=True)
-    subprocess.run(command, check=True)
-    run_dir = Path(ctx.cfg.dit.run_dir) if ctx.cfg.dit.run_dir else ctx.work_dir / "dit"
-    saved = list_checkpoints(run_dir / CHECKPOINT_DIRNAME)
+    run_in_own_process(ctx, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={gpus}", "-m", "microdoppler_finetune.train_conditional_dit"],
+                       "dit_torchrun_config.yaml")
+    saved = list_checkpoints(run_dir_of(ctx.cfg) / CHECKPOINT_DIRNAME)
     step = saved[-1][0] if saved else 0
     return {"status": "finished" if step >= int(ctx.cfg.dit.train.steps) else "time_budget", "step": step,
             "latest_checkpoint": str(saved[-1][1]) if saved else None, "gpus": gpus}
@@ -257,10 +257,10 @@ def stage_dit(ctx: PipelineContext) -> dict:
 def stage_sample(ctx: PipelineContext) -> dict:
     from microdoppler_finetune.dit_sampling import INFO_FILE, SamplerSettings, generate_dataset
     from microdoppler_finetune.dit_training.checkpointing import CHECKPOINT_DIRNAME, latest_checkpoint
-    from microdoppler_finetune.dit_training.data import export_dir_of
+    from microdoppler_finetune.dit_training.data import export_dir_of, run_dir_of
 
     dit = ctx.cfg.dit
-    run_dir = Path(dit.run_dir) if dit.run_dir else ctx.work_dir / "dit"
+    run_dir = run_dir_of(ctx.cfg)
     checkpoint = latest_checkpoint(run_dir / CHECKPOINT_DIRNAME)
     if checkpoint is None:
         raise FileNotFoundError(f"No DiT checkpoint in {run_dir / CHECKPOINT_DIRNAME}: run the dit stage first.")

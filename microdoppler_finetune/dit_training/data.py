@@ -22,6 +22,10 @@ def export_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.dit.vae_encoder) if cfg.dit.vae_encoder else Path(cfg.run.work_dir) / "export" / EXPORT_DIRNAME
 
 
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.dit.run_dir) if cfg.dit.run_dir else Path(cfg.run.work_dir) / "dit"
+
+
 def cache_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.dit.latent_cache) if cfg.dit.latent_cache else Path(cfg.run.work_dir) / "latents"
 

@@ -25,7 +25,8 @@ from omegaconf import DictConfig
 from microdoppler_finetune.config import save_config, to_plain
 from microdoppler_finetune.dit_training import checkpointing as C
 from microdoppler_finetune.dit_training.contrastive import PooledFeatureTap, supervised_contrastive_loss
-from microdoppler_finetune.dit_training.data import DiTData, LatentSplit, load_dit_data, validation_noise
+from microdoppler_finetune.dit_training.data import (DiTData, LatentSplit, load_dit_data, run_dir_of,
+                                                 validation_noise)
 from microdoppler_finetune.dit_training.distributed import (DistInfo, any_rank_true, barrier, cleanup_distributed,
                                                             mean_over_ranks, setup_distributed)
 from microdoppler_finetune.dit_training.ema import EMA
@@ -105,7 +106,7 @@ class DiTTrainer:
         self.device = dist_info.device
         t = cfg.dit.train
         self.train_cfg = t
-        self.run_dir = Path(cfg.dit.run_dir) if cfg.dit.run_dir else Path(cfg.run.work_dir) / "dit"
+        self.run_dir = run_dir_of(cfg)
         self.ckpt_dir = self.run_dir / C.CHECKPOINT_DIRNAME
         self.precision = resolve_precision(t.precision, self.device)
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
@@ -460,7 +461,7 @@ def train_dit(cfg: DictConfig) -> dict:
     started = time.time()
     dist_info = setup_distributed(str(cfg.dit.train.device))
     try:
-        run_dir = Path(cfg.dit.run_dir) if cfg.dit.run_dir else Path(cfg.run.work_dir) / "dit"
+        run_dir = run_dir_of(cfg)
         resume_path = C.latest_checkpoint(run_dir / C.CHECKPOINT_DIRNAME)
         resume = C.load_checkpoint(resume_path) if resume_path is not None else None
         if dist_info.is_main:
