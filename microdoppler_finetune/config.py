@@ -197,6 +197,9 @@ class DiTTrainConfig:
     warmup_steps: int = 0  # linear warm-up of the learning rate, then constant
     grad_clip: float = 1.0  # max gradient norm; 0: no clipping
     ema_decay: float = 0.9999
+    # > 0: add this x (1 - cosine(predicted, true velocity)) per position to the velocity MSE. The released
+    # LightningDiT trains with it on at weight 1 (use_cosine_loss); logged apart as cosine_loss.
+    cosine_loss_weight: float = 1.0
     # auto: fp16 + GradScaler on CUDA GPUs without bf16 (T4, P100), bf16 where supported, fp32 on the CPU.
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     device: str = "auto"  # auto: cuda (one GPU per torchrun process) when available, else cpu (gloo for DDP)

@@ -59,6 +59,7 @@ DIT_PRESETS: dict[str, dict] = {
     "XL/1": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=1),
     "XL/2": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2),
     "mini": dict(depth=6, hidden_size=256, num_heads=4, patch_size=1),
+    "mini/2": dict(depth=6, hidden_size=256, num_heads=4, patch_size=2),
     "tiny": dict(depth=2, hidden_size=128, num_heads=4, patch_size=1),
 }
 

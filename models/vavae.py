@@ -74,6 +74,9 @@ VAVAE_PRESETS: dict[str, dict] = {
     "tiny": _preset((32, 32, 64, 64, 128), 2, 32, 1024, 64, attention_levels=(4,)),
     # Four levels (f8) at ch 32 for the CPU demo: 64 px images -> 8x8x32 latents, 1 res block per level.
     "tiny_f8": _preset((32, 64, 64, 128), 1, 32, 384, 64, attention_levels=(3,)),
+    # Three levels (f4) at ch 32 for the CPU demo: 64 px images -> 16x16x16 latents. Each latent covers 4x4
+    # pixels, so a few CPU epochs already keep the fine Doppler lines that tell people apart.
+    "tiny_f4": _preset((32, 64, 128), 1, 16, 384, 64, attention_levels=(2,)),
     # Smallest sensible model for unit tests (f2, 4 latent channels).
     "test": _preset((32, 32), 1, 4, 16, 32, attention_levels=(1,)),
 }

@@ -114,6 +114,9 @@ def test_short_training_lowers_deterministic_val_loss_and_logs(tmp_path, tiny_se
     # The learning rate the optimizer used is the configured one; grad norms are logged and finite.
     assert all(r["lr"] == pytest.approx(2e-3) for r in train)
     assert all(r["grad_norm"] > 0 for r in train)
+    # Each loss term is logged on its own; the optimised flow loss is MSE + 1 x cosine term (release default).
+    assert all(r["flow_loss"] == pytest.approx(r["velocity_mse"] + r["cosine_loss"], rel=1e-4) for r in train)
+    assert all(0 < r["cosine_loss"] <= 2 for r in train)
     assert (work / "dit" / "train_log.csv").read_text().startswith("step,event,")
     ckpt = C.load_checkpoint(C.latest_checkpoint(work / "dit" / "checkpoints"))
     assert ckpt["step"] == 60
@@ -306,8 +309,11 @@ def test_non_finite_losses_are_skipped_then_training_stops_with_a_message(tmp_pa
     from microdoppler_finetune.dit_training import trainer as trainer_module
 
     work = _work_dir(tmp_path, tiny_setup)
-    monkeypatch.setattr(trainer_module, "velocity_loss_per_sample",
-                        lambda fn, x1, x0, t: fn(x1, t).mean(dim=(1, 2, 3)) * float("nan"))
+    def nan_terms(fn, x1, x0, t, transport):
+        nan = fn(x1, t).mean(dim=(1, 2, 3)) * float("nan")
+        return {"loss": nan, "mse": nan, "cosine": nan}
+
+    monkeypatch.setattr(trainer_module, "velocity_loss_terms", nan_terms)
     with pytest.raises(FloatingPointError, match="non-finite steps in a row"):
         train_dit(tiny_config(work, "dit.train.val_every=0", "dit.train.max_nonfinite_in_a_row=2"))
     assert C.latest_checkpoint(work / "dit" / "checkpoints") is None  # nothing broken was saved

@@ -151,3 +151,17 @@ def test_sampler_guidance_interval_and_channels():
     torch.testing.assert_close(v, torch.tensor([[1.0] * 3, [2.0] * 3]))
     with pytest.raises(ValueError, match="method"):
         sample_ode(fn, torch.zeros(1, 5, 2, 2), method="rk4")
+
+
+def test_training_objective_weights_the_cosine_term_from_the_config():
+    from microdoppler_finetune.dit_training.objective import make_transport, velocity_loss_terms
+
+    x1, x0, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.full((2,), 0.5)
+    zero_velocity = lambda x_t, tt: torch.zeros_like(x_t)  # cosine term 1 everywhere
+    off = velocity_loss_terms(zero_velocity, x1, x0, t, make_transport(0.0))
+    torch.testing.assert_close(off["loss"], off["mse"])
+    assert off["cosine"].abs().max() == 0
+    half = velocity_loss_terms(zero_velocity, x1, x0, t, make_transport(0.5))
+    torch.testing.assert_close(half["loss"], half["mse"] + 0.5)
+    with pytest.raises(ValueError, match="cosine_loss_weight"):
+        make_transport(-1.0)

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
-LOG_COLUMNS = ("step", "event", "elapsed_s", "train_loss", "flow_loss", "contrastive_loss", "lr", "grad_norm",
+LOG_COLUMNS = ("step", "event", "elapsed_s", "train_loss", "flow_loss", "velocity_mse", "cosine_loss",
+               "contrastive_loss", "lr", "grad_norm",
                "val_loss", "val_loss_ema", "skipped_steps", "steps_per_s")
 
 

@@ -35,8 +35,8 @@ from microdoppler_finetune.dit_training.finetune import (LoraSettings, Trainable
 from microdoppler_finetune.dit_training.logging import TrainLog
 from microdoppler_finetune.dit_training.model_setup import (build_dit, dit_config_of, enable_gradient_checkpointing,
                                                             model_forward, num_blocks_of)
-from microdoppler_finetune.dit_training.objective import (deterministic_val_loss, sample_timesteps,
-                                                          velocity_loss_per_sample)
+from microdoppler_finetune.dit_training.objective import (deterministic_val_loss, make_transport, sample_timesteps,
+                                                          velocity_loss_terms)
 
 STOP_FINISHED = "finished"
 STOP_TIME_BUDGET = "time_budget"
@@ -110,6 +110,7 @@ class DiTTrainer:
         self.ckpt_dir = self.run_dir / C.CHECKPOINT_DIRNAME
         self.precision = resolve_precision(t.precision, self.device)
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        self.transport = make_transport(t.cosine_loss_weight)
 
         # Architecture: the checkpoint's when resuming (nanoGPT style), else from the config / init_from.
         ft = cfg.dit.finetune
@@ -248,9 +249,10 @@ class DiTTrainer:
         times = sample_timesteps(x1.shape[0], "cpu", generator=time_gen).to(self.device)
         use_cond = self.use_conditions
         with self._autocast():
-            flow = velocity_loss_per_sample(
+            terms = velocity_loss_terms(
                 lambda xt, tt: model_forward(self.ddp_model, xt, tt, person, condition if use_cond else None),
-                x1, x0, times).float().mean()
+                x1, x0, times, self.transport)
+            flow = terms["loss"].float().mean()
             loss = flow
             contrastive = None
             if self.tap is not None:
@@ -276,6 +278,8 @@ class DiTTrainer:
         if not overflowed:
             self.ema.update(self.model)
         return {"skipped": False, "loss": float(loss.detach()), "flow_loss": float(flow.detach()),
+                "velocity_mse": float(terms["mse"].detach().float().mean()),
+                "cosine_loss": float(terms["cosine"].detach().float().mean()),
                 "contrastive_loss": float(contrastive.detach()) if contrastive is not None else None,
                 "grad_norm": grad_norm, "lr": lr, "fp16_overflow": overflowed}
 
@@ -301,7 +305,7 @@ class DiTTrainer:
                 per_sample = deterministic_val_loss(
                     lambda xt, tt: model_forward(module, xt, tt, person, condition), x1,
                     lambda position: validation_noise(split, rows, int(t.val_seed), position),
-                    [float(v) for v in t.val_timesteps])
+                    [float(v) for v in t.val_timesteps], self.transport)
             total += float(per_sample.sum())
             count += len(rows)
         return total / max(count, 1)
@@ -346,6 +350,7 @@ class DiTTrainer:
         last_log = time.time()
         steps_since_log = 0
         losses, flows, contrastives, norms = [], [], [], []
+        mses, cosines = [], []
         nonfinite_in_a_row = 0
         stop_reason = STOP_FINISHED
         step_seconds = None
@@ -387,6 +392,8 @@ class DiTTrainer:
             steps_since_log += 1
             losses.append(result["loss"])
             flows.append(result["flow_loss"])
+            mses.append(result["velocity_mse"])
+            cosines.append(result["cosine_loss"])
             norms.append(result["grad_norm"])
             if result["contrastive_loss"] is not None:
                 contrastives.append(result["contrastive_loss"])
@@ -394,7 +401,8 @@ class DiTTrainer:
                 now = time.time()
                 row = {"step": self.step, "event": "train", "elapsed_s": round(now - started, 2),
                        "train_loss": mean_over_ranks(self.dist, sum(losses) / len(losses)),
-                       "flow_loss": sum(flows) / len(flows),
+                       "flow_loss": sum(flows) / len(flows), "velocity_mse": sum(mses) / len(mses),
+                       "cosine_loss": sum(cosines) / len(cosines),
                        "contrastive_loss": sum(contrastives) / len(contrastives) if contrastives else None,
                        "lr": result["lr"], "grad_norm": sum(norms) / len(norms), "skipped_steps": self.skipped_total,
                        "steps_per_s": round(steps_since_log / max(now - last_log, 1e-9), 4)}
@@ -403,6 +411,7 @@ class DiTTrainer:
                     print(f"step {self.step}/{total_steps} loss {row['train_loss']:.4f} lr {row['lr']:.2e} "
                           f"grad_norm {row['grad_norm']:.3f} ({row['steps_per_s']:.2f} steps/s)", flush=True)
                 losses, flows, contrastives, norms = [], [], [], []
+                mses, cosines = [], []
                 last_log, steps_since_log = now, 0
             if int(t.val_every) > 0 and (self.step % int(t.val_every) == 0 or self.step == total_steps):
                 self.run_validation(started)
