@@ -48,7 +48,8 @@ PathLike = Union[str, Path]
 
 # Architecture only (depth, width, heads, patch); everything else comes from LightningDiT's defaults, which are
 # the released settings (SwiGLU, RoPE, RMSNorm on; qk-norm off). B/L/XL as in the reference; S is our users'
-# working size; "tiny" is the official tiny reference checkpoint's shape and "mini" the CPU demo model.
+# working size; "tiny" is the official tiny reference checkpoint's shape; "tiny/2" is the CPU demo's model
+# (16x16 latents -> 64 tokens) and "mini" a wider CPU model.
 DIT_PRESETS: dict[str, dict] = {
     "S/1": dict(depth=12, hidden_size=384, num_heads=6, patch_size=1),
     "S/2": dict(depth=12, hidden_size=384, num_heads=6, patch_size=2),
@@ -59,8 +60,8 @@ DIT_PRESETS: dict[str, dict] = {
     "XL/1": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=1),
     "XL/2": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2),
     "mini": dict(depth=6, hidden_size=256, num_heads=4, patch_size=1),
-    "mini/2": dict(depth=6, hidden_size=256, num_heads=4, patch_size=2),
     "tiny": dict(depth=2, hidden_size=128, num_heads=4, patch_size=1),
+    "tiny/2": dict(depth=2, hidden_size=128, num_heads=4, patch_size=2),
 }
 
 # Fixed tables: derived from the config, stored in the released files (pos_embed as a frozen parameter).

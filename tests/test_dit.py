@@ -78,6 +78,8 @@ def test_presets_and_names():
     assert preset_name("LightningDiT-XL/1") == "XL/1" and preset_name("s_2") == "S/2"
     assert DIT_PRESETS["S/2"] == dict(depth=12, hidden_size=384, num_heads=6, patch_size=2)
     assert DIT_PRESETS["L/2"]["depth"] == 24 and DIT_PRESETS["XL/1"]["hidden_size"] == 1152
+    demo = create_dit("tiny/2", input_size=16, in_channels=16, num_classes=8)  # the CPU demo's DiT
+    assert demo.x_embedder.num_patches == 64  # 16x16 latents in 2x2 patches: 64 tokens
     with pytest.raises(ValueError, match="Unknown DiT preset"):
         create_dit("XXL/3")
     with pytest.raises(ValueError, match="unknown DiT config keys"):

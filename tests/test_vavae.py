@@ -361,6 +361,10 @@ def test_presets_overrides_and_bad_configs():
     tiny = create_vavae("tiny")
     assert tiny.downsample_factor == 16 and tiny.num_parameters_split()["total"] == 4_501_187
     assert create_vavae("tiny", foundation_dim=384).linear_proj.weight.shape == (384, 32, 1, 1)
+    demo = create_vavae("tiny_f4").eval()  # the CPU demo's VA-VAE: 64 px -> 16x16x16 latents
+    with torch.no_grad():
+        z = demo.encode(torch.zeros(1, 3, 64, 64)).mode()
+        assert z.shape == (1, 16, 16, 16) and demo.decode(z).shape == (1, 3, 64, 64)
     with pytest.raises(KeyError, match="tiny"):
         create_vavae("huge")
     with pytest.raises(ValueError, match="not VAVAE arguments"):
