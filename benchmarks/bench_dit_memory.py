@@ -43,7 +43,7 @@ def build_meta_model(preset: str, latent_size: int, channels: int, persons: int,
 def trainable_count(model: torch.nn.Module, setting: str, lora_rank: int = 16,
                     targets=("qkv", "proj", "w12", "w3")) -> int:
     """Trainable parameters the trainer would have for ``setting`` (LoRA counted from the layer shapes)."""
-    from microdoppler_finetune.dit_training.finetune import lora_target_regex
+    from microdoppler_finetune.dit.finetune import lora_target_regex
 
     total = sum(p.numel() for p in model.parameters())
     if setting == "full":
@@ -86,10 +86,9 @@ def estimate_bytes(model, setting: str, batch: int, precision: str, checkpointin
 def measure_peak(preset: str, setting: str, batch: int, precision: str, checkpointing: bool, latent_size: int,
                  channels: int, persons: int, conditions: int, steps: int = 3) -> dict:
     """Real training steps on the GPU (the trainer's pieces: LoRA, trainable rule, EMA, AdamW, autocast)."""
-    from microdoppler_finetune.dit_training.ema import EMA
-    from microdoppler_finetune.dit_training.finetune import (LoraSettings, TrainableRule, apply_lora,
-                                                             apply_trainable_rule)
-    from microdoppler_finetune.dit_training.objective import sample_timesteps, velocity_loss_per_sample
+    from microdoppler_finetune.dit.ema import EMA
+    from microdoppler_finetune.dit.finetune import LoraSettings, TrainableRule, apply_lora, apply_trainable_rule
+    from microdoppler_finetune.dit.objective import sample_timesteps, velocity_loss_per_sample
     from models.dit import create_dit
 
     device = torch.device("cuda")

@@ -54,7 +54,7 @@ class VAEModelConfig:
 
     # Size preset (models.vavae.VAVAE_PRESETS) of a model built from scratch; loaded weights bring their own config.
     preset: str = "f16d32"
-    # Released .pt, one of our .ckpt files or an exported folder. None: microdoppler_finetune.pretrained finds it.
+    # Released .pt, one of our .ckpt files or an exported folder. None: microdoppler_finetune.weights.release finds it.
     pretrained_path: Optional[str] = None
     trust_pickle: bool = False  # allow loading pickled (non weights-only) files: only for files you trust
     # When no pretrained weights are found, stage 1 starts from random weights instead of stopping (CPU demo).
@@ -319,10 +319,3 @@ def save_config(cfg: DictConfig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, path, resolve=True)
     return path
-
-
-def to_plain(cfg: Any) -> Any:
-    """Plain dicts/lists for checkpoints (nanoGPT style: no OmegaConf objects inside saved files)."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg

@@ -5,9 +5,13 @@ Kaggle roots can be redirected in tests (``MDF_KAGGLE_INPUT`` / ``MDF_KAGGLE_WOR
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -15,6 +19,11 @@ from typing import Optional
 KAGGLE_INPUT_ENV = "MDF_KAGGLE_INPUT"
 KAGGLE_WORKING_ENV = "MDF_KAGGLE_WORKING"
 WORK_DIR_ENV = "MDF_WORK_DIR"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Every third-party module the package imports (tests/test_layout.py checks this list against the code).
+REQUIRED_MODULES = ("torch", "torchvision", "lightning", "diffusers", "timm", "lpips", "omegaconf", "safetensors",
+                    "huggingface_hub", "skimage", "sklearn", "scipy", "peft", "torchmetrics", "tqdm", "tensorboard",
+                    "matplotlib", "PIL", "numpy", "threadpoolctl")
 
 
 def kaggle_input_root() -> Path:
@@ -106,9 +115,7 @@ def recommend_preset(gpus: list[GPUInfo]) -> tuple[str, str]:
     return "gpu", f"{len(gpus)} GPU(s) ({names}): generic GPU preset"
 
 
-def package_versions(names=("torch", "torchvision", "pytorch_lightning", "lightning", "diffusers", "timm",
-                            "lpips", "peft", "omegaconf", "safetensors", "huggingface_hub", "torchmetrics",
-                            "skimage", "numpy")) -> dict:
+def package_versions(names=REQUIRED_MODULES) -> dict:
     """Version of each package, or an error string when it does not import (e.g. a torch/torchvision mismatch)."""
     import importlib
 
@@ -141,3 +148,66 @@ def collect_environment_info(kaggle: Optional[bool] = None) -> EnvironmentInfo:
         recommended_preset=preset,
         preset_reason=reason,
     )
+
+
+# ------------------------------------------------------------------------ step 1: check, install, report
+
+
+def missing_modules() -> list[str]:
+    return [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+
+
+def install_project(python: str = sys.executable) -> None:
+    """pip install -e the project, pinning whatever torch/torchvision is already there.
+
+    Kaggle ships a CUDA torch matched to its drivers; letting pip "upgrade" it breaks the GPU runtime,
+    so an installed pair is passed to pip as a constraint.
+    """
+    cmd = [python, "-m", "pip", "install", "-e", str(REPO_ROOT)]
+    pins = []
+    for name in ("torch", "torchvision"):
+        try:
+            module = __import__(name)
+            pins.append(f"{name}=={module.__version__.split('+')[0]}")  # local label would clash with caps
+        except Exception:  # noqa: BLE001 - absent or broken: let pip choose
+            pass
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+        handle.write("\n".join(pins) + "\n")
+        constraints = handle.name
+    if pins:
+        cmd += ["--constraint", constraints]
+    print("Installing:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def attached_kaggle_inputs() -> list[str]:
+    root = kaggle_input_root()
+    if not root.is_dir():
+        return []
+    return sorted(str(p) for p in root.iterdir() if p.is_dir())
+
+
+def run_setup(kaggle: bool = False, work_dir: Optional[str] = None, install: bool = False):
+    """Check the environment, install if asked, write environment_info.json; returns (info, path, problems)."""
+    missing = missing_modules()
+    if missing and install:
+        install_project()
+        importlib.invalidate_caches()
+        missing = missing_modules()
+    out_dir = Path(work_dir) if work_dir else default_work_dir(kaggle=kaggle)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    info = collect_environment_info(kaggle=kaggle).to_dict()
+    info["work_dir"] = str(out_dir.resolve())
+    info["missing_modules"] = missing
+    if kaggle:
+        info["kaggle_input_root"] = str(kaggle_input_root())
+        info["kaggle_working_root"] = str(kaggle_working_root())
+        info["kaggle_attached_inputs"] = attached_kaggle_inputs()
+
+    problems = [f"module '{m}' is not installed: run with --install or `pip install -e .`" for m in missing]
+    problems += [f"{name}: {version}" for name, version in info["packages"].items()
+                 if str(version).startswith("NOT IMPORTABLE") and name not in missing]
+    path = out_dir / "environment_info.json"
+    path.write_text(json.dumps(info, indent=2))
+    return info, path, problems

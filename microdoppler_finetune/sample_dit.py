@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_checkpoint(path: str) -> Path:
-    from microdoppler_finetune.dit_training.checkpointing import CHECKPOINT_DIRNAME, latest_checkpoint
+    from microdoppler_finetune.dit.checkpointing import CHECKPOINT_DIRNAME, latest_checkpoint
 
     path = Path(path)
     if path.is_dir():
@@ -68,7 +68,7 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from microdoppler_finetune.dit_sampling import SamplerSettings, generate_dataset
+    from microdoppler_finetune.dit.sampling import SamplerSettings, generate_dataset
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     s = load_config(args.preset, args.config, list(args.overrides)).dit.sample

@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 
 from microdoppler_finetune.simulator.dataset import LAYOUTS, simulate_dataset
 from microdoppler_finetune.simulator.people import CONDITION_NAMES
+from microdoppler_finetune.simulator.preview import render_preview_grid
 from microdoppler_finetune.simulator.radar import BANDS, RadarSettings
-from microdoppler_finetune.simulator.render import render_preview_grid
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from microdoppler_finetune.setup_env import run_setup
+from microdoppler_finetune.environment import run_setup
 
 
 def main(argv=None) -> int:

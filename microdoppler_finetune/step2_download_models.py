@@ -5,7 +5,7 @@
 
 Looks for the files in the cache folder, in --local_dir folders and (with --kaggle) in the notebook's inputs
 before downloading from the Hugging Face Hub; converts the pickled VA-VAE release to safetensors once; writes
-pretrained_index.json, which later steps read through microdoppler_finetune.pretrained.find_pretrained.
+pretrained_index.json, which later steps read through microdoppler_finetune.weights.release.find_pretrained.
 Offline and with files missing, it stops within seconds and says how to provide them (exit code 2).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from microdoppler_finetune.environment import running_on_kaggle
-from microdoppler_finetune.pretrained import (
+from microdoppler_finetune.weights.release import (
     ALIASES,
     DEFAULT_WHAT,
     HUB_PROBE_TIMEOUT_S,

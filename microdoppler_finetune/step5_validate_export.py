@@ -21,9 +21,15 @@ from typing import Optional
 
 from microdoppler_finetune.config import PRESETS, load_config
 from microdoppler_finetune.environment import default_work_dir, detect_gpus, recommend_preset
-from microdoppler_finetune.evaluation.validate_export import (PARTS, CheckpointChoice, choose_from_run,
-                                                              describe_checkpoint, load_run_config, run_step5,
-                                                              safe_name)
+from microdoppler_finetune.workflow.validate_export import (
+    PARTS,
+    CheckpointChoice,
+    choose_from_run,
+    describe_checkpoint,
+    load_run_config,
+    run_step5,
+    safe_name,
+)
 
 PRETRAINED = "pretrained"
 
@@ -62,7 +68,7 @@ def resolve_choice(args: argparse.Namespace) -> CheckpointChoice:
     if args.run_dir:
         choice = choose_from_run(args.run_dir)
     elif args.checkpoint == PRETRAINED and not Path(PRETRAINED).exists():
-        from microdoppler_finetune.pretrained import find_pretrained
+        from microdoppler_finetune.weights.release import find_pretrained
 
         found = find_pretrained("vavae")
         if found is None:

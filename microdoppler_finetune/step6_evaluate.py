@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from microdoppler_finetune.environment import default_work_dir
-from microdoppler_finetune.evaluate_generation import (INCEPTION_WEIGHTS_FILE, add_common_arguments,
-                                                       config_from_args, evaluate_generation)
-from microdoppler_finetune.identification import (DEFAULT_FRACTIONS, FEATURE_CLASSIFIER_DIR, METHODS,
-                                                  current_command, run_identification_experiments)
+from microdoppler_finetune.evaluation.generation.evaluate import INCEPTION_WEIGHTS_FILE
+from microdoppler_finetune.evaluation.identification.experiments import DEFAULT_FRACTIONS, METHODS
+from microdoppler_finetune.evaluation.identification.training import IdentificationConfig
+from models.classifier import CLASSIFIER_PRESETS
 
 
 def _float_list(text: str) -> List[float]:
@@ -54,44 +54,52 @@ def _without_variants(argv: Optional[List[str]]) -> List[str]:
     return kept
 
 
-def default_vae_encoder(work_dir: Path) -> Optional[str]:
-    """step5's exported VA-VAE of this work dir, when there is one (for identifiability behind the VA-VAE)."""
-    from microdoppler_finetune.export import EXPORT_DIRNAME, EXPORT_INFO_FILE
-
-    folder = work_dir / "export" / EXPORT_DIRNAME
-    return str(folder) if (folder / EXPORT_INFO_FILE).is_file() else None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="step6_evaluate.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    parser.set_defaults(dataset_dir=None)
-    parser._option_string_actions["--dataset_dir"].required = False  # defaults to <work_dir>/dataset here
-    parser.add_argument("--work_dir", help="output root (default ./work_dir, or /kaggle/working/work_dir with "
-                        "--kaggle)")
-    parser.add_argument("--kaggle", action="store_true", help="default work_dir under /kaggle/working")
-    parser.add_argument("--fractions", type=_float_list, default=list(DEFAULT_FRACTIONS),
-                        help="fractions of the real training recordings (default 0.1,0.25,0.5,1.0)")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated subset of {', '.join(METHODS)}")
-    parser.add_argument("--variants", action="append", default=[], metavar="NAME",
-                        help="run only this identification row (repeatable; each row's recorded command uses it)")
-    parser.add_argument("--no_cross_condition", action="store_true", help="skip the Normal -> Backpack rows")
-    parser.add_argument("--skip_identification", action="store_true")
-    parser.add_argument("--skip_generation_metrics", action="store_true")
-    parser.add_argument("--classifier", help="feature classifier for the generation metrics (default: the "
-                        "real-only 100 %% classifier of the identification part, else one trained here)")
-    parser.add_argument("--no_cas", action="store_true", help="skip the classification accuracy score")
-    parser.add_argument("--no_inception", action="store_true", help="skip the Inception FID")
-    parser.add_argument("--inception_weights", help=f"path of {INCEPTION_WEIGHTS_FILE} (torch-fidelity)")
-    return parser
+    p = argparse.ArgumentParser(prog="step6_evaluate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = IdentificationConfig()
+    p.add_argument("--work_dir", help="output root (default ./work_dir, or /kaggle/working/work_dir with --kaggle)")
+    p.add_argument("--kaggle", action="store_true", help="default work_dir under /kaggle/working")
+    p.add_argument("--dataset_dir", help="folder with manifest.csv (default <work_dir>/dataset)")
+    p.add_argument("--generated", help="generated images in the dataset layout (ID_n/*.jpg or <Condition>/ID_n/*.jpg)")
+    p.add_argument("--data_root", help="where the manifest's images are now, if they moved since step3")
+    p.add_argument("--preset", default=d.preset, choices=sorted(CLASSIFIER_PRESETS),
+                   help="classifier size: tiny (CPU, 64 px), small (128 px), standard (ResNet-18, 256 px GPU)")
+    p.add_argument("--image_size", type=int, default=d.image_size)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.learning_rate)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--num_workers", type=int, default=0, help="image loading workers")
+    p.add_argument("--max_generated_per_person", type=int, help="use at most N generated images per person")
+    p.add_argument("--vae_encoder", help="step5's exported VA-VAE folder: adds identifiability behind the VA-VAE "
+                   "(default: <work_dir>/export/vavae_encoder_for_dit when it exists)")
+    p.add_argument("--fractions", type=_float_list, default=list(DEFAULT_FRACTIONS),
+                   help="fractions of the real training recordings (default 0.1,0.25,0.5,1.0)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--variants", action="append", default=[], metavar="NAME",
+                   help="run only this identification row (repeatable; each row's recorded command uses it)")
+    p.add_argument("--no_cross_condition", action="store_true", help="skip the cross-condition rows")
+    p.add_argument("--skip_identification", action="store_true")
+    p.add_argument("--skip_generation_metrics", action="store_true")
+    p.add_argument("--classifier", help="feature classifier for the generation metrics (default: the "
+                   "real-only 100 %% classifier of the identification part, else one trained here)")
+    p.add_argument("--no_cas", action="store_true", help="skip the classification accuracy score")
+    p.add_argument("--no_inception", action="store_true", help="skip the Inception FID")
+    p.add_argument("--inception_weights", help=f"path of {INCEPTION_WEIGHTS_FILE} (torch-fidelity)")
+    return p
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
+    from microdoppler_finetune.evaluation.run import EvaluationRequest, run_evaluation
+    from microdoppler_finetune.latents.export import exported_encoder_in
+    from microdoppler_finetune.utils.commands import reproducing_command
+
     args = build_parser().parse_args(argv)
     # Each result row appends its own --variants to this, so drop any given here.
-    command = current_command("microdoppler_finetune.step6_evaluate", _without_variants(argv))
+    command = reproducing_command("microdoppler_finetune.step6_evaluate", _without_variants(argv))
     work_dir = Path(args.work_dir) if args.work_dir else default_work_dir(args.kaggle)
     dataset_dir = Path(args.dataset_dir) if args.dataset_dir else work_dir / "dataset"
     if not (dataset_dir / "manifest.csv").is_file():
@@ -99,33 +107,19 @@ def main(argv: Optional[List[str]] = None) -> dict:
                          f"pass --dataset_dir / --work_dir.")
     if args.generated and not Path(args.generated).is_dir():
         raise SystemExit(f"--generated {args.generated} is not a folder. Pass the folder the sampling step wrote.")
-    config = config_from_args(args)
-    out = work_dir / "evaluation"
-    summary = {}
-    identification_dir = out / "identification"
-    if not args.skip_identification:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        results = run_identification_experiments(
-            dataset_dir, args.generated, identification_dir, args.fractions, config=config, methods=methods,
-            cross_condition=not args.no_cross_condition, variants=args.variants or None, command=command,
-            data_root=args.data_root, max_generated_per_person=args.max_generated_per_person)
-        summary["identification"] = {r["variant"]: r["test_accuracy"] for r in results["rows"]}
-    if args.generated and not args.skip_generation_metrics:
-        classifier = args.classifier
-        saved = identification_dir / FEATURE_CLASSIFIER_DIR
-        if classifier is None and (saved / "config.json").is_file():
-            classifier = str(saved)
-        metrics = evaluate_generation(
-            dataset_dir, args.generated, out / "generation", classifier=classifier, config=config,
-            classification_accuracy_score=not args.no_cas, inception=not args.no_inception,
-            inception_weights=args.inception_weights, data_root=args.data_root,
-            max_generated_per_person=args.max_generated_per_person, command=command,
-            vae_encoder=args.vae_encoder or default_vae_encoder(work_dir))
-        summary["generation"] = {k: metrics["overall"]["generated"].get(k) for k in
-                                 ("fid", "kid", "precision", "recall", "density", "coverage")}
-        summary["identifiability"] = {k: metrics[k]["accuracy"] for k in
-                                      ("real_classifier_on_generated", "reconstruction_classifier_on_generated")
-                                      if k in metrics}
+    config = IdentificationConfig(preset=args.preset, image_size=args.image_size, epochs=args.epochs,
+                                  patience=args.patience, batch_size=args.batch_size, learning_rate=args.lr,
+                                  seed=args.seed, device=args.device, num_workers=args.num_workers)
+    summary = run_evaluation(EvaluationRequest(
+        dataset_dir=dataset_dir, out_dir=work_dir / "evaluation", classifier_config=config,
+        generated=Path(args.generated) if args.generated else None, fractions=args.fractions,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        cross_condition=not args.no_cross_condition, variants=args.variants or None,
+        identification=not args.skip_identification, generation_metrics=not args.skip_generation_metrics,
+        feature_classifier=args.classifier, classification_accuracy_score=not args.no_cas,
+        inception=not args.no_inception, inception_weights=args.inception_weights,
+        vae_encoder=args.vae_encoder or exported_encoder_in(work_dir), data_root=args.data_root,
+        max_generated_per_person=args.max_generated_per_person, command=command))
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -89,7 +89,7 @@ def build_config(args: argparse.Namespace):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from microdoppler_finetune.dit_training import train_dit
+    from microdoppler_finetune.dit import train_dit
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.data_root and not Path(args.data_root).is_dir():

@@ -231,16 +231,6 @@ def _load_backbone_from_file(name: str, checkpoint_path: PathLike, model_kwargs:
     return backbone, name
 
 
-def _registered_local_weights(name: str) -> Optional[Path]:
-    """A DINOv2 file step2 downloaded or found (Kaggle input, local dir), if it is the requested model."""
-    try:
-        from microdoppler_finetune.pretrained import find_pretrained, registry_item_for_timm_model
-    except ImportError:  # the models package is usable without the pipeline package
-        return None
-    item = registry_item_for_timm_model(name)
-    return find_pretrained(item) if item else None
-
-
 def _hub_id(name: str) -> Optional[str]:
     from timm.models import get_pretrained_cfg
 
@@ -297,8 +287,8 @@ def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained:
                             trust_pickle: bool = False) -> FoundationModel:
     """A frozen, eval-mode DINOv2 (or other timm ViT) giving B x C x latent_size x latent_size features.
 
-    ``checkpoint_path`` (file or timm/HF folder) wins over ``pretrained``; with ``pretrained=True`` a copy
-    registered by step2 is used before timm's own download. ``model_kwargs`` go to ``timm.create_model``
+    ``checkpoint_path`` (file or timm/HF folder) wins over ``pretrained`` (callers pass the copy step2 found);
+    with ``pretrained=True`` the Hugging Face cache of an earlier download is used before timm's own download. ``model_kwargs`` go to ``timm.create_model``
     (e.g. a small ``depth`` for tests; only with random or matching local weights).
     """
     import timm
@@ -306,8 +296,8 @@ def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained:
     model_kwargs = dict(model_kwargs or {})
     arch, tag = split_model_name(name)
     if checkpoint_path is None and pretrained and not model_kwargs:
-        # Local copies first: step2's cache / Kaggle inputs, then the Hugging Face cache of an earlier download.
-        checkpoint_path = _registered_local_weights(name) or _hub_cached_weights(_hub_id(name))
+        # The Hugging Face cache of an earlier download, usable offline.
+        checkpoint_path = _hub_cached_weights(_hub_id(name))
     if checkpoint_path is not None:
         backbone, name = _load_backbone_from_file(name, checkpoint_path, model_kwargs, trust_pickle)
         weights = f"file:{Path(checkpoint_path).name}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from microdoppler_finetune.pipeline import main as pipeline_main
+from microdoppler_finetune.workflow.cli import main as pipeline_main
 
 
 def main(argv: Optional[list[str]] = None) -> int:

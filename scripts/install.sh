@@ -53,6 +53,6 @@ PYEOF
 echo "[install] installing the project (editable) with test extras; keeping $(tr '\n' ' ' < "$constraints")"
 pip_install -q -e "$REPO_ROOT[test]" --constraint "$constraints"
 rm -f "$constraints"
-"$PY" -c "import torch, torchvision.ops, pytorch_lightning, diffusers, timm, lpips, microdoppler_finetune, models, vae_training"
+"$PY" -c "import torch, torchvision.ops, lightning, diffusers, timm, lpips, microdoppler_finetune, models, vae_training"
 echo "$want" > "$stamp"
 echo "[install] done ($PY)"

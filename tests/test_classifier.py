@@ -10,8 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from microdoppler_finetune.identification import (IdentificationConfig, LabelledImages, conventional_augment,
-                                                  select_fraction_by_recording, train_classifier)
+from microdoppler_finetune.evaluation.identification.images import LabelledImages, select_fraction_by_recording
+from microdoppler_finetune.evaluation.identification.training import (
+    IdentificationConfig,
+    conventional_augment,
+    train_classifier,
+)
 from models.classifier import CLASSIFIER_PRESETS, SpectrogramClassifier, create_classifier, load_classifier
 
 SIZE = 32
@@ -192,7 +196,7 @@ def condition_dataset(tmp_path_factory):
 
 def test_generated_person_folders_map_to_manifest_ids_by_name(condition_dataset, tmp_path):
     from microdoppler_finetune.data import load_manifest
-    from microdoppler_finetune.identification import load_generated_images
+    from microdoppler_finetune.evaluation.identification.images import load_generated_images
 
     manifest = load_manifest(condition_dataset / "dataset")
     assert manifest.person_names == ["ID_1", "ID_2", "ID_3"]
@@ -220,7 +224,7 @@ def test_generated_person_folders_map_to_manifest_ids_by_name(condition_dataset,
 
 def test_identification_experiments_share_one_test_set_and_never_train_on_it(condition_dataset):
     from microdoppler_finetune.data import load_manifest
-    from microdoppler_finetune.identification import run_identification_experiments
+    from microdoppler_finetune.evaluation.identification.experiments import run_identification_experiments
 
     out = condition_dataset / "experiments"
     config = IdentificationConfig(image_size=SIZE, epochs=2, patience=2, batch_size=16)

@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from microdoppler_finetune.dit_sampling import (GRID_FILE, INFO_FILE, SamplerSettings, generate_dataset,
-                                                generate_latents, load_dit_for_sampling, plan_jobs,
-                                                sample_relative_path)
-from microdoppler_finetune.dit_training import checkpointing as C
-from microdoppler_finetune.dit_training.trainer import train_dit
 from test_dit_training import CONDITION_NAMES, PERSON_NAMES, make_tiny_setup, tiny_config
+
+from microdoppler_finetune.dit import checkpointing as C
+from microdoppler_finetune.dit.model_setup import load_trained_dit
+from microdoppler_finetune.dit.sampling import (
+    GRID_FILE,
+    INFO_FILE,
+    SamplerSettings,
+    generate_dataset,
+    generate_latents,
+    plan_jobs,
+    sample_relative_path,
+)
+from microdoppler_finetune.dit.trainer import train_dit
 
 FAST = SamplerSettings(steps=4, sampler="euler", cfg_scale=2.0, cfg_interval_start=0.1, shift=0.5, seed=3,
                        batch_size=4)
@@ -35,7 +42,7 @@ def _pixels(folder: Path) -> dict:
 
 def test_sampling_is_deterministic_for_a_seed_and_independent_of_batch_size(trained):
     checkpoint, _ = trained
-    model, info = load_dit_for_sampling(checkpoint)
+    model, info = load_trained_dit(checkpoint)
     shape = info["data"]["latent_shape"]
     persons, conditions = [0, 1, 2, 0, 1], [0, 1, 0, None, None]
     a = generate_latents(model, persons, conditions, shape, FAST)

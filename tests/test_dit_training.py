@@ -12,12 +12,17 @@ import pytest
 import torch
 
 from microdoppler_finetune.config import load_config
-from microdoppler_finetune.dit_training import checkpointing as C
-from microdoppler_finetune.dit_training.contrastive import PooledFeatureTap, supervised_contrastive_loss
-from microdoppler_finetune.dit_training.finetune import (LoraSettings, TrainableRule, apply_lora,
-                                                         apply_trainable_rule, trainable_names)
-from microdoppler_finetune.dit_training.logging import read_log
-from microdoppler_finetune.dit_training.trainer import train_dit
+from microdoppler_finetune.dit import checkpointing as C
+from microdoppler_finetune.dit.contrastive import PooledFeatureTap, supervised_contrastive_loss
+from microdoppler_finetune.dit.finetune import (
+    LoraSettings,
+    TrainableRule,
+    apply_lora,
+    apply_trainable_rule,
+    trainable_names,
+)
+from microdoppler_finetune.dit.logging import read_log
+from microdoppler_finetune.dit.trainer import train_dit
 
 PERSON_NAMES = ["ID_1", "ID_2", "ID_3"]
 CONDITION_NAMES = ["Normal_free", "Backpack_free"]
@@ -28,8 +33,8 @@ UNSEEN_PAIRS = ((2, 1),)
 def make_tiny_setup(root: Path, *, per_pair: int = 8, channels: int = 4, side: int = 8, seed: int = 0,
                     skip_pairs=UNSEEN_PAIRS) -> tuple[Path, Path]:
     """An exported tiny VA-VAE and a latent cache of learnable synthetic latents (per-person patterns)."""
-    from microdoppler_finetune.export import export_encoder_for_dit, vae_identity
-    from microdoppler_finetune.latent_cache import EncodedSplit, write_latent_cache
+    from microdoppler_finetune.latents.cache import EncodedSplit, write_latent_cache
+    from microdoppler_finetune.latents.export import export_encoder_for_dit, vae_identity
     from models.vavae import create_vavae
 
     root = Path(root)
@@ -127,9 +132,9 @@ def test_short_training_lowers_deterministic_val_loss_and_logs(tmp_path, tiny_se
 
 
 def test_validation_loss_is_deterministic(tmp_path, tiny_setup):
-    from microdoppler_finetune.dit_training.data import load_dit_data
-    from microdoppler_finetune.dit_training.distributed import DistInfo
-    from microdoppler_finetune.dit_training.trainer import DiTTrainer
+    from microdoppler_finetune.dit.data import load_dit_data
+    from microdoppler_finetune.dit.distributed import DistInfo
+    from microdoppler_finetune.dit.trainer import DiTTrainer
 
     work = _work_dir(tmp_path, tiny_setup)
     cfg = tiny_config(work)
@@ -261,7 +266,7 @@ def test_feature_tap_pools_the_last_block():
 def test_finetune_released_format_checkpoint_with_lora_freeze_contrastive(tmp_path, tiny_setup):
     """A tiny checkpoint in the released layout ({'model', 'ema'}, ImageNet-like 10-class table, no condition
     table) is adapted to 3 persons + 2 conditions; only tables, adapters and scheduled blocks change."""
-    from microdoppler_finetune.dit_sampling import load_dit_for_sampling
+    from microdoppler_finetune.dit.model_setup import load_trained_dit
 
     released = _tiny_dit(num_classes=10, num_conditions=0)
     with torch.no_grad():  # non-zero adaLN/output layers, as in a trained release
@@ -289,15 +294,15 @@ def test_finetune_released_format_checkpoint_with_lora_freeze_contrastive(tmp_pa
     # Block 1 trains from step 3 on.
     assert not torch.equal(state[prefix + "blocks.1.mlp.w3.base_layer.weight"], base["blocks.1.mlp.w3.weight"])
     # The sampling loader rebuilds the adapters and merges them into a plain DiT.
-    model, info = load_dit_for_sampling(C.latest_checkpoint(work / "dit" / "checkpoints"))
+    model, info = load_trained_dit(C.latest_checkpoint(work / "dit" / "checkpoints"))
     assert not any("lora_" in n for n, _ in model.named_parameters())
     assert model.config.num_classes == 3 and info["step"] == 6
 
 
 def test_dropout_without_lora_is_refused_not_ignored(tmp_path, tiny_setup):
-    from microdoppler_finetune.dit_training.data import load_dit_data
-    from microdoppler_finetune.dit_training.distributed import DistInfo
-    from microdoppler_finetune.dit_training.trainer import DiTTrainer
+    from microdoppler_finetune.dit.data import load_dit_data
+    from microdoppler_finetune.dit.distributed import DistInfo
+    from microdoppler_finetune.dit.trainer import DiTTrainer
 
     work = _work_dir(tmp_path, tiny_setup)
     cfg = tiny_config(work, "dit.finetune.dropout=0.15", "dit.finetune.freeze_backbone=true")
@@ -306,7 +311,7 @@ def test_dropout_without_lora_is_refused_not_ignored(tmp_path, tiny_setup):
 
 
 def test_non_finite_losses_are_skipped_then_training_stops_with_a_message(tmp_path, tiny_setup, monkeypatch):
-    from microdoppler_finetune.dit_training import trainer as trainer_module
+    from microdoppler_finetune.dit import trainer as trainer_module
 
     work = _work_dir(tmp_path, tiny_setup)
     def nan_terms(fn, x1, x0, t, transport):

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from microdoppler_finetune import export as E
-from microdoppler_finetune import latent_cache as C
+from microdoppler_finetune.latents import cache as C
+from microdoppler_finetune.latents import export as E
+from microdoppler_finetune.utils.files import file_sha256
 from models.vavae import VAVAE, create_vavae
 
 IMAGE_SIZE = 32
@@ -242,7 +243,7 @@ def test_step5_all_from_a_run_folder(tmp_path, monkeypatch):
     assert exported.config.latents_mean == pytest.approx(stats["latents_mean"])
     info = E.read_export_info(export_dir)
     assert info["vae_identity"] == E.vae_identity(stage2) and info["alignment_target"] == "target stage2"
-    assert info["source_sha256"] == E.file_sha256(chosen) and info["metrics_summary"]["splits"]["test"]["count"] == 12
+    assert info["source_sha256"] == file_sha256(chosen) and info["metrics_summary"]["splits"]["test"]["count"] == 12
 
     cache = C.load_latent_cache(work / "latents", expected_vae_identity=export_dir,
                                 expected_manifest=work / "dataset")
@@ -258,7 +259,7 @@ def test_step5_all_from_a_run_folder(tmp_path, monkeypatch):
 
 def test_run_folder_without_a_finished_stage_is_refused(tmp_path):
     from microdoppler_finetune.config import load_config, save_config
-    from microdoppler_finetune.evaluation.validate_export import choose_from_run
+    from microdoppler_finetune.workflow.validate_export import choose_from_run
 
     run_config = save_config(load_config("cpu_demo"), tmp_path / "run_config.yaml")
     _write_stage(tmp_path / "vae", "stage1", create_vavae("test"), "interrupted", run_config)

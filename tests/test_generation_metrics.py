@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from microdoppler_finetune.evaluate_generation import (frechet_distance, kernel_inception_distance,
-                                                       memorisation_report, nearest_neighbours,
-                                                       precision_recall_density_coverage)
+from microdoppler_finetune.evaluation.generation.metrics import (
+    frechet_distance,
+    kernel_inception_distance,
+    memorisation_report,
+    nearest_neighbours,
+    precision_recall_density_coverage,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one torch thread (tests/conftest.py)
 
@@ -138,8 +142,8 @@ def small_dataset(tmp_path_factory):
 
 
 def test_evaluate_generation_writes_every_metric_overall_and_per_person(small_dataset):
-    from microdoppler_finetune.evaluate_generation import evaluate_generation
-    from microdoppler_finetune.identification import IdentificationConfig
+    from microdoppler_finetune.evaluation.generation.evaluate import evaluate_generation
+    from microdoppler_finetune.evaluation.identification.training import IdentificationConfig
     from models.classifier import create_classifier
 
     torch.manual_seed(0)
@@ -179,7 +183,7 @@ def test_step6_cli_runs_both_parts_with_the_classifier_of_the_first(small_datase
         "--dataset_dir", str(small_dataset / "dataset"), "--generated", str(small_dataset / "generated"),
         "--work_dir", str(work), "--fractions", "1.0", "--methods", "real,real+generated", "--epochs", "1",
         "--image_size", str(SIZE), "--batch_size", "8", "--no_cas"])
-    assert set(summary["identification"]) == {"real@100%", "real+generated@100%"}
+    assert set(summary["identification_test_accuracy"]) == {"real@100%", "real+generated@100%"}
     identification = json.loads((work / "evaluation/identification/identification_results.json").read_text())
     for row in identification["rows"]:
         assert row["command"].startswith("python -m microdoppler_finetune.step6_evaluate --dataset_dir ")
@@ -207,9 +211,9 @@ def test_identifiability_names_the_person_a_generated_sample_was_asked_for(small
     from PIL import Image
 
     from microdoppler_finetune.data import load_manifest
-    from microdoppler_finetune.evaluate_generation import identifiability
-    from microdoppler_finetune.identification import (IdentificationConfig, load_generated_images,
-                                                      load_split_images, train_classifier)
+    from microdoppler_finetune.evaluation.generation.evaluate import identifiability
+    from microdoppler_finetune.evaluation.identification.images import load_generated_images, load_split_images
+    from microdoppler_finetune.evaluation.identification.training import IdentificationConfig, train_classifier
 
     manifest = load_manifest(small_dataset / "dataset")
     config = IdentificationConfig(image_size=SIZE, epochs=40, patience=40, batch_size=8, learning_rate=5e-3, seed=0)
@@ -234,9 +238,10 @@ def test_identifiability_behind_the_vae_round_trips_every_split_and_reports_its_
     """With step5's export given, a second classifier is trained on VA-VAE round trips of the real images; the
     test images are round-tripped too (its ceiling) and the real test images never train it."""
     from microdoppler_finetune.data import load_manifest
-    from microdoppler_finetune.evaluate_generation import evaluate_generation, vae_round_trip
-    from microdoppler_finetune.export import export_encoder_for_dit, load_exported_vae
-    from microdoppler_finetune.identification import IdentificationConfig, load_split_images
+    from microdoppler_finetune.evaluation.generation.evaluate import evaluate_generation, vae_round_trip
+    from microdoppler_finetune.evaluation.identification.images import load_split_images
+    from microdoppler_finetune.evaluation.identification.training import IdentificationConfig
+    from microdoppler_finetune.latents.export import export_encoder_for_dit, load_exported_vae
     from models.classifier import create_classifier
     from models.vavae import create_vavae
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from microdoppler_finetune import pipeline
+from microdoppler_finetune.workflow.context import FULL
 
 TINY = [
     "simulate.people=3", "simulate.per_person=12", "simulate.image_size=32", "data.image_size=32",
@@ -56,7 +57,7 @@ def demo_run(tmp_path_factory):
 
 def test_demo_runs_every_stage_and_reports_each(demo_run):
     log = json.loads((demo_run / "report.json").read_text())
-    assert [entry["stage"] for entry in log] == list(pipeline.FULL)
+    assert [entry["stage"] for entry in log] == list(FULL)
     by_stage = {entry["stage"]: entry for entry in log}
     export = by_stage["export"]
     assert export["before_finetuning"]["weights"].endswith("initial_weights.safetensors")

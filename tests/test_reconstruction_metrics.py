@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from microdoppler_finetune.evaluation import latents as LT
+from microdoppler_finetune.data.dataset import evenly_spaced_subset
+from microdoppler_finetune.evaluation import latent_map as LT
 from microdoppler_finetune.evaluation import reconstruction as R
+from microdoppler_finetune.latents import statistics as LS
+from microdoppler_finetune.utils.images import psnr_uint8, to_uint8_hwc
+from microdoppler_finetune.utils.plain import to_plain
 
 
 def _uint8_batch(seed: int = 0, n: int = 3, size: int = 32) -> np.ndarray:
@@ -20,10 +24,10 @@ def _uint8_batch(seed: int = 0, n: int = 3, size: int = 32) -> np.ndarray:
 
 def test_to_uint8_maps_the_model_range_to_file_levels():
     x = torch.tensor([-1.0, -0.5, 0.0, 1.0, 1.7, -3.0]).view(1, 1, 1, 6).expand(1, 3, 1, 6)
-    got = R.to_uint8(x)[0, 0, :, 0].tolist()
+    got = to_uint8_hwc(x)[0, 0, :, 0].tolist()
     # (x+1)*127.5 rounded: -1 -> 0, -0.5 -> 63.75 -> 64, 0 -> 127.5 -> 128 (half to even), 1 -> 255; clamped.
     assert got == [0, 64, 128, 255, 255, 0]
-    assert R.to_uint8(x).shape == (1, 1, 6, 3)
+    assert to_uint8_hwc(x).shape == (1, 1, 6, 3)
 
 
 def test_psnr_of_a_known_noise_level():
@@ -32,7 +36,7 @@ def test_psnr_of_a_known_noise_level():
     sign = rng.choice([-1, 1], size=a.shape)
     b = (a.astype(int) + 5 * sign).astype(np.uint8)  # every pixel off by exactly 5 levels
     expected = 10 * math.log10(255**2 / 25)  # 34.151 dB
-    np.testing.assert_allclose(R.psnr_uint8(a, b), expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(psnr_uint8(a, b), expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(R.mse_uint8(a, b), 25 / 255**2, rtol=1e-12)
     ssim = R.ssim_uint8(a, b)
     assert ((ssim > 0.5) & (ssim < 1.0)).all()
@@ -40,7 +44,7 @@ def test_psnr_of_a_known_noise_level():
 
 def test_identical_images_give_infinite_psnr_and_ssim_one_without_breaking_the_report():
     a = _uint8_batch()
-    assert np.isinf(R.psnr_uint8(a, a)).all()
+    assert np.isinf(psnr_uint8(a, a)).all()
     np.testing.assert_allclose(R.ssim_uint8(a, a), 1.0)
     assert (R.mse_uint8(a, a) == 0).all()
 
@@ -55,7 +59,7 @@ def test_identical_images_give_infinite_psnr_and_ssim_one_without_breaking_the_r
     assert math.isfinite(summary["per_person"]["bob"]["psnr"])
     assert math.isfinite(summary["overall"]["psnr_from_mean_mse"])  # finite: not every image is exact
     # The JSON stays standard JSON (no Infinity token) and the Markdown says inf.
-    text = json.dumps(R.json_safe({"splits": {"val": summary}}), allow_nan=False)
+    text = json.dumps(to_plain({"splits": {"val": summary}}, finite=True), allow_nan=False)
     assert '"psnr": "inf"' in text
     markdown = R.metrics_markdown({"splits": {"val": summary}}, "t")
     assert "| alice | 2 | inf | 1.000 |" in markdown
@@ -83,7 +87,7 @@ def test_evaluate_reconstruction_is_driven_by_the_reconstruct_function():
     assert len(exact) == 5 and all(math.isinf(v) for v in exact.psnr)
     blurred = R.evaluate_reconstruction(lambda x: torch.zeros_like(x), dataset, batch_size=2)
     assert max(blurred.psnr) < 15 and exact.index == [0, 1, 2, 3, 4]
-    subset = R.evenly_spaced_subset(dataset, 3)
+    subset = evenly_spaced_subset(dataset, 3)
     assert [item["index"] for item in subset] == [0, 2, 4]
 
 
@@ -126,12 +130,12 @@ def test_reconstruction_figure_is_written(tmp_path):
 
 def test_channel_statistics_match_torch_over_batches():
     z = torch.randn(10, 4, 3, 3) * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(1, 4, 1, 1) + 7
-    stats = LT.ChannelStatistics()
+    stats = LS.ChannelStatistics()
     for chunk in z.split(3):
         stats.update(chunk)
     torch.testing.assert_close(stats.mean(), z.mean(dim=(0, 2, 3)))
     torch.testing.assert_close(stats.std(), z.permute(1, 0, 2, 3).reshape(4, -1).std(dim=1, unbiased=False))
-    summary = LT.statistics_summary(stats.mean(), stats.std(), z)
+    summary = LS.statistics_summary(stats.mean(), stats.std(), z)
     assert len(summary["latents_mean"]) == 4 and summary["near_constant_channels"] == []
 
 

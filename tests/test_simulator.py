@@ -9,11 +9,22 @@ import numpy as np
 import pytest
 
 from microdoppler_finetune.simulator import (
-    CONDITION_NAMES, INFO_FILE, PARAMETERS_FILE, RadarSettings, render_preview_grid, sample_person,
-    sample_recording, simulate_dataset, simulate_recording_frames,
+    CONDITION_NAMES,
+    INFO_FILE,
+    PARAMETERS_FILE,
+    RadarSettings,
+    render_preview_grid,
+    sample_person,
+    sample_recording,
+    simulate_dataset,
+    simulate_recording_frames,
 )
 from microdoppler_finetune.simulator.gait import (
-    JOINT_NAMES, BodyDimensions, GaitModel, cycle_duration_s, cycle_length_m,
+    JOINT_NAMES,
+    BodyDimensions,
+    GaitModel,
+    cycle_duration_s,
+    cycle_length_m,
 )
 from microdoppler_finetune.simulator.people import PersonParameters, RecordingParameters
 from microdoppler_finetune.simulator.radar import stft_power

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from microdoppler_finetune.pretrained import (
+from microdoppler_finetune.weights.release import (
     INDEX_NAME,
-    HubAccess,
     VAVAE_CONVERTED_NAME,
+    HubAccess,
     VerificationError,
     download_pretrained,
     find_pretrained,
@@ -151,13 +151,13 @@ class FakeHub(HubAccess):
 
 def test_downloads_verified_by_the_hub_are_converted_without_trust_flag(tmp_path, isolated_env, monkeypatch):
     write_release_like_files(tmp_path / "hub")
-    monkeypatch.setattr("microdoppler_finetune.pretrained.HubAccess", lambda **_: FakeHub(tmp_path / "hub"))
+    monkeypatch.setattr("microdoppler_finetune.weights.release.HubAccess", lambda **_: FakeHub(tmp_path / "hub"))
     result = download_pretrained(["vavae"], cache_dir=tmp_path / "cache", log=lambda _: None)
     assert result.ok and (tmp_path / "cache" / "vavae" / VAVAE_CONVERTED_NAME).is_file()
     record = json.loads((tmp_path / "cache" / INDEX_NAME).read_text())["items"]["vavae"]["files"][RELEASE]
     assert record["sha256_source"] == "hub" and record["origin"] == "hub"
 
-    monkeypatch.setattr("microdoppler_finetune.pretrained.HubAccess",
+    monkeypatch.setattr("microdoppler_finetune.weights.release.HubAccess",
                         lambda **_: FakeHub(tmp_path / "hub", wrong_hash=True))
     with pytest.raises(VerificationError, match="Hugging Face Hub"):
         download_pretrained(["vavae"], cache_dir=tmp_path / "other", log=lambda _: None)

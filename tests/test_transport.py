@@ -154,7 +154,7 @@ def test_sampler_guidance_interval_and_channels():
 
 
 def test_training_objective_weights_the_cosine_term_from_the_config():
-    from microdoppler_finetune.dit_training.objective import make_transport, velocity_loss_terms
+    from microdoppler_finetune.dit.objective import make_transport, velocity_loss_terms
 
     x1, x0, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.full((2,), 0.5)
     zero_velocity = lambda x_t, tt: torch.zeros_like(x_t)  # cosine term 1 everywhere

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from microdoppler_finetune.config import load_config
 from vae_training import stages as S
-from vae_training.callbacks import GracefulStop, STOP_TIME_BUDGET
+from vae_training.callbacks import STOP_TIME_BUDGET, GracefulStop
 from vae_training.hardware import check_precision, parse_devices
 
 IMAGE_SIZE = 32
@@ -373,7 +373,8 @@ def metric_rows(stage_dir: Path) -> list[list[dict]]:
 
 def test_two_stages_resume_and_start_from_the_previous_stage(tiny_dataset, tmp_path):
     from models.vavae import load_vavae
-    from vae_training.train import state_fingerprint, train_vavae
+    from microdoppler_finetune.utils.tensors import state_dict_fingerprint as state_fingerprint
+    from vae_training.train import train_vavae
 
     work = tmp_path / "work"
     vae_dir = work / "vae"

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
+from microdoppler_finetune.weights.release import find_pretrained, registry_item_for_timm_model
+
 
 def loud(message: str) -> None:
     bar = "!" * 100
@@ -76,6 +78,12 @@ def seeded(seed: int):
         yield
 
 
+def registered_weights_for_timm_model(name: str) -> Optional[Path]:
+    """The copy of a timm model's weights that step2 downloaded or found (Kaggle input, local dir), if any."""
+    item = registry_item_for_timm_model(name)
+    return find_pretrained(item) if item else None
+
+
 def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget:
     """The frozen model whose features the latents are aligned to (DINOv2-L in the release).
 
@@ -98,8 +106,10 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
         return AlignmentTarget(model, f"{model.name} from checkpoint {path}", True, model.feature_dim, model.name)
     if bool(cfg.vae.vf_pretrained):
         try:
+            local = registered_weights_for_timm_model(name)  # step2's copy (its cache, Kaggle inputs), if any
             with hub_offline_when_unreachable():
-                model = create_foundation_model(name, pretrained=True, **common)
+                model = (create_foundation_model(name, checkpoint_path=str(local), pretrained=False, **common)
+                         if local else create_foundation_model(name, pretrained=True, **common))
             return AlignmentTarget(model, f"pretrained {model.name} ({model.weights})", True, model.feature_dim,
                                    model.name)
         except FoundationWeightsUnavailable as exc:
@@ -119,15 +129,13 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
 
 
 def find_pretrained_vae(cfg: DictConfig) -> Optional[Path]:
-    """Explicit --pretrained_path, else microdoppler_finetune.pretrained.find_pretrained (None: not found)."""
+    """Explicit --pretrained_path, else microdoppler_finetune.weights.release.find_pretrained (None: not found)."""
     if cfg.vae.pretrained_path:
         path = Path(cfg.vae.pretrained_path)
         if not path.exists():
             raise FileNotFoundError(f"--pretrained_path {path} does not exist. Point it at the released "
                                     f"vavae-imagenet256-f16d32-dinov2.pt (or our exported model folder).")
         return path
-    from microdoppler_finetune.pretrained import find_pretrained
-
     found = find_pretrained("vavae")
     return Path(found) if found else None
 
@@ -205,8 +213,11 @@ def init_discriminator(discriminator: torch.nn.Module, checkpoint: Optional[Path
     Our stage checkpoints hold it under ``discriminator.``; the released VA-VAE file under ``loss.discriminator.``.
     Returns a note for the log; a discriminator that does not fit is an error, an absent one is reported.
     """
-    from models.discriminator import (RELEASED_DISCRIMINATOR_PREFIX, extract_discriminator_state,
-                                      load_discriminator_state)
+    from models.discriminator import (
+        RELEASED_DISCRIMINATOR_PREFIX,
+        extract_discriminator_state,
+        load_discriminator_state,
+    )
 
     if checkpoint is None or not Path(checkpoint).is_file():
         return "discriminator: random init"

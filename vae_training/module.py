@@ -17,6 +17,8 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 
+from microdoppler_finetune.utils.images import psnr_uint8, to_uint8
+from microdoppler_finetune.utils.plain import to_plain
 from vae_training import losses as L
 
 COUNTER_KEY = "vavae_finetune_counters"
@@ -45,13 +47,6 @@ class _FrozenModules:
         # deterministic whatever mode Lightning puts the trainable module in.
         for module in self.modules():
             module.eval()
-
-
-def psnr_uint8(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample PSNR of two [-1,1] image batches after rounding to uint8 levels, as step5 reports it."""
-    to_u8 = lambda t: ((t.float().clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
-    mse = (to_u8(x) - to_u8(y)).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
 
 
 class VAVAEFineTuneModule(pl.LightningModule):
@@ -163,8 +158,8 @@ class VAVAEFineTuneModule(pl.LightningModule):
             "amp_skipped_steps": self.amp_skipped_steps,
         }
         # Plain values only, so the file loads with torch.load(weights_only=True) and models.vavae.load_vavae.
-        checkpoint["vavae_config"] = {k: _plain(v) for k, v in dict(self.vae.config).items()}
-        checkpoint["vavae_stage"] = _plain(self.stage)
+        checkpoint["vavae_config"] = {k: to_plain(v) for k, v in dict(self.vae.config).items()}
+        checkpoint["vavae_stage"] = to_plain(self.stage)
         checkpoint["alignment_target"] = self.alignment_target
 
     # ------------------------------------------------------------------------------------------- pieces
@@ -356,7 +351,7 @@ class VAVAEFineTuneModule(pl.LightningModule):
         values = {f"val_{k}": v.detach().float() for k, v in terms.items()
                   if k in ("nll", "rec_l1", "kl", "vf", "vf_distmat", "vf_cos")}
         values["val_loss"] = loss.detach().float()
-        values["val_psnr"] = psnr_uint8(x, recon).mean()
+        values["val_psnr"] = torch.tensor(psnr_uint8(to_uint8(x), to_uint8(recon)).mean(), dtype=torch.float32)
         values["val_l1"] = (x.float() - recon).abs().flatten(1).mean(1).mean()
         if "lpips" in terms:  # mean of per-sample LPIPS, as in the training NLL
             values["val_lpips"] = terms["lpips"].float()
@@ -387,13 +382,3 @@ def _total_norm_tensor(params) -> torch.Tensor:
 
 def _total_norm(params) -> float:
     return float(_total_norm_tensor(params))
-
-
-def _plain(value):
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

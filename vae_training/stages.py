@@ -14,15 +14,16 @@ Later stages and later pipeline steps find checkpoints only through ``stage_resu
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from microdoppler_finetune.config import REPO_ROOT, VAEStageConfig
+from microdoppler_finetune.utils.files import atomic_write_json
+from microdoppler_finetune.utils.plain import to_plain
 
 STAGE_FIELDS = tuple(VAEStageConfig.__dataclass_fields__)
 # init_from values that do not name an earlier stage.
@@ -228,9 +229,7 @@ class StageFolder:
     def write_result(self, result: StageResult) -> Path:
         """Atomic write, so a kill mid-write never leaves a half file that later stages would trust."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.result_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
-        os.replace(tmp, self.result_file)
+        atomic_write_json(self.result_file, to_plain(result.to_dict()))
         return self.result_file
 
     def relative(self, path: Optional[str | Path]) -> Optional[str]:
@@ -271,7 +270,3 @@ class StageFolder:
         raise FileNotFoundError(
             f"{self.result_file} names {result.chosen_checkpoint} and {result.last_checkpoint}, but neither exists. "
             f"Restore the checkpoints or retrain stage '{self.name}'.")
-
-
-def jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))

@@ -7,7 +7,6 @@ chosen checkpoint of an earlier stage as recorded in that stage's ``stage_result
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -18,13 +17,32 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from microdoppler_finetune.config import save_config, to_plain
+from microdoppler_finetune.config import save_config
+from microdoppler_finetune.utils.plain import to_plain
+from microdoppler_finetune.utils.tensors import state_dict_fingerprint
 from vae_training import stages as S
-from vae_training.builders import (AlignmentTarget, VAEInit, build_alignment_target, build_discriminator,
-                                   build_perceptual, build_vae, describe_perceptual, find_pretrained_vae,
-                                   init_discriminator, loud, match_projection)
-from vae_training.callbacks import (STOP_NONFINITE, GracefulStop, LastCheckpoint, LossCurves, ProgressPrinter,
-                                    ReconstructionGrid, ValidationHistory)
+from vae_training.builders import (
+    AlignmentTarget,
+    VAEInit,
+    build_alignment_target,
+    build_discriminator,
+    build_perceptual,
+    build_vae,
+    describe_perceptual,
+    find_pretrained_vae,
+    init_discriminator,
+    loud,
+    match_projection,
+)
+from vae_training.callbacks import (
+    STOP_NONFINITE,
+    GracefulStop,
+    LastCheckpoint,
+    LossCurves,
+    ProgressPrinter,
+    ReconstructionGrid,
+    ValidationHistory,
+)
 from vae_training.hardware import trainer_hardware
 from vae_training.module import VAVAEFineTuneModule
 
@@ -140,16 +158,6 @@ class StageModel:
     init_fingerprint: str  # of the VA-VAE weights the stage starts from (provenance, checked by tests)
 
 
-def state_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over every tensor of a state_dict (names, shapes, values)."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def build_stage_model(cfg: DictConfig, stage: dict, *, init_checkpoint: Optional[Path],
                       resume_from: Optional[Path] = None, target_cache: Optional[dict] = None) -> StageModel:
     """The Lightning module of one stage: VA-VAE (initialised as the stage says), discriminator, LPIPS, target."""
@@ -182,7 +190,7 @@ def build_stage_model(cfg: DictConfig, stage: dict, *, init_checkpoint: Optional
     perceptual = build_perceptual(cfg)
     train_cfg = to_plain(cfg.vae_train)
     train_cfg["freeze_encoder_levels"] = int(cfg.vae.freeze_encoder_levels)
-    fingerprint = state_fingerprint(vae_init.model) if resume_from is None else ""
+    fingerprint = state_dict_fingerprint(vae_init.model) if resume_from is None else ""
     module = VAVAEFineTuneModule(
         vae_init.model, discriminator, stage=stage, loss_cfg=to_plain(cfg.vae_loss), train_cfg=train_cfg,
         perceptual=perceptual, foundation=target.model, feature_cache=feature_cache_for(cfg, target),
@@ -384,5 +392,5 @@ def train_vavae(cfg: DictConfig, stages: Optional[Sequence[int | str] | str] = N
                               for s in selected)
     if _rank_zero():
         vae_dir.mkdir(parents=True, exist_ok=True)
-        (vae_dir / "summary.json").write_text(json.dumps(S.jsonable(summary), indent=2))
+        (vae_dir / "summary.json").write_text(json.dumps(to_plain(summary), indent=2))
     return summary

@@ -6,7 +6,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+
+from microdoppler_finetune.utils.images import hwc_uint8_to_tensor
 
 from .images import load_rgb
 from .manifest import Manifest, load_manifest
@@ -64,8 +66,7 @@ class MicroDopplerDataset(Dataset):
             raise FileNotFoundError(f"{path} (row {row['index']} of {self.manifest.path}) is missing. The data "
                                     f"folder changed after step3: re-run step3 with --overwrite, or pass the "
                                     f"right data_root.") from exc
-        pixels = torch.from_numpy(np.array(img, dtype=np.uint8))  # H x W x 3
-        image = pixels.permute(2, 0, 1).float().div(127.5).sub(1.0)  # 3 x H x W in [-1, 1]
+        image = hwc_uint8_to_tensor(np.asarray(img, dtype=np.uint8))  # 3 x H x W in [-1, 1]
         flipped = False
         # torch's RNG (not numpy's): DataLoader seeds it per worker, so flips differ across workers.
         if self.flip and bool(torch.rand(()) < 0.5):
@@ -73,3 +74,13 @@ class MicroDopplerDataset(Dataset):
             flipped = True
         return {"image": image, "person_id": row["person_id"], "condition_id": row["condition_id"],
                 "index": row["index"], "path": row["path"], "flipped": flipped}
+
+
+def evenly_spaced_subset(dataset: Dataset, max_items: Optional[int]) -> Dataset:
+    """At most ``max_items`` items spread over the whole dataset (manifest order groups people together,
+    so the first N would cover only the first people)."""
+    total = len(dataset)
+    if max_items is None or max_items <= 0 or max_items >= total:
+        return dataset
+    positions = np.unique(np.linspace(0, total - 1, num=max_items).round().astype(int))
+    return Subset(dataset, positions.tolist())

@@ -22,7 +22,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
+
+from microdoppler_finetune.utils.images import psnr_uint8, to_uint8_hwc
+from microdoppler_finetune.utils.progress import progress
 
 METRIC_NAMES = ("psnr", "ssim", "mse", "lpips")
 
@@ -30,26 +33,11 @@ METRIC_NAMES = ("psnr", "ssim", "mse", "lpips")
 # ------------------------------------------------------------------------------------------- per-image metrics
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B,3,H,W] in [-1,1] -> uint8 [B,H,W,3], rounded as an image file would be."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"Expected images shaped [B,3,H,W] (or [B,1,H,W]), got {tuple(images.shape)}.")
-    levels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return levels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def mse_uint8(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
     """Per-image MSE of two uint8 [B,H,W,C] batches, on the [0,1] scale."""
     _check_pair(reference, test)
     diff = (reference.astype(np.float64) - test.astype(np.float64)) / 255.0
     return (diff**2).reshape(diff.shape[0], -1).mean(axis=1)
-
-
-def psnr_uint8(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB of two uint8 [B,H,W,C] batches; identical images give inf."""
-    mse = mse_uint8(reference, test)
-    with np.errstate(divide="ignore"):
-        return np.where(mse > 0, 10.0 * np.log10(1.0 / np.maximum(mse, 1e-300)), np.inf)
 
 
 def ssim_uint8(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -66,7 +54,7 @@ def _check_pair(reference: np.ndarray, test: np.ndarray) -> None:
     if reference.shape != test.shape:
         raise ValueError(f"Image batches differ in shape: {reference.shape} vs {test.shape}.")
     if reference.dtype != np.uint8 or test.dtype != np.uint8:
-        raise TypeError(f"Expected uint8 images (use to_uint8), got {reference.dtype} and {test.dtype}.")
+        raise TypeError(f"Expected uint8 images (use to_uint8_hwc), got {reference.dtype} and {test.dtype}.")
 
 
 # ------------------------------------------------------------------------------------------- LPIPS availability
@@ -128,7 +116,7 @@ class ReconstructionRecords:
 
     def add(self, originals: torch.Tensor, reconstructions: torch.Tensor, *, person_id: Sequence[int],
             condition_id: Sequence[int], index: Sequence[int], lpips: Optional[torch.Tensor] = None) -> None:
-        a, b = to_uint8(originals), to_uint8(reconstructions)
+        a, b = to_uint8_hwc(originals), to_uint8_hwc(reconstructions)
         self.psnr.extend(psnr_uint8(a, b).tolist())
         self.ssim.extend(ssim_uint8(a, b).tolist())
         self.mse.extend(mse_uint8(a, b).tolist())
@@ -176,16 +164,6 @@ class ReconstructionRecords:
 # ------------------------------------------------------------------------------------------- evaluation loop
 
 
-def evenly_spaced_subset(dataset: Dataset, max_items: Optional[int]) -> Dataset:
-    """At most ``max_items`` items spread over the whole dataset (manifest order groups people together,
-    so the first N would cover only the first people)."""
-    total = len(dataset)
-    if max_items is None or max_items <= 0 or max_items >= total:
-        return dataset
-    positions = np.unique(np.linspace(0, total - 1, num=max_items).round().astype(int))
-    return Subset(dataset, positions.tolist())
-
-
 @torch.no_grad()
 def evaluate_reconstruction(
     reconstruct: Callable[[torch.Tensor], torch.Tensor],
@@ -195,7 +173,7 @@ def evaluate_reconstruction(
     device: str | torch.device = "cpu",
     lpips_metric: Optional[LPIPSMetric] = None,
     num_workers: int = 0,
-    progress: Optional[Callable[[int, int], None]] = None,
+    description: str = "reconstruct",
 ) -> ReconstructionRecords:
     """Per-image metrics of ``reconstruct(images [B,3,H,W] in [-1,1]) -> [B,3,H,W]`` over ``dataset``.
 
@@ -205,16 +183,12 @@ def evaluate_reconstruction(
     records = ReconstructionRecords()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     lpips_model = lpips_metric.model if lpips_metric is not None and lpips_metric.available else None
-    done = 0
-    for batch in loader:
+    for batch in progress(loader, desc=description, unit="batch"):
         images = batch["image"].to(device)
         recon = reconstruct(images).float().clamp(-1, 1)  # [B,3,H,W]
         lp = lpips_model(images.float(), recon).flatten(1).mean(1) if lpips_model is not None else None
         records.add(images, recon, person_id=batch["person_id"].tolist(),
                     condition_id=batch["condition_id"].tolist(), index=batch["index"].tolist(), lpips=lp)
-        done += images.shape[0]
-        if progress is not None:
-            progress(done, len(dataset))
     return records
 
 
@@ -261,19 +235,6 @@ def metrics_markdown(metrics: dict, title: str, groups: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def json_safe(value):
-    """Replace inf/nan (not valid JSON) by strings, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return format_number(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return json_safe(value.item())
-    return value
-
-
 # ------------------------------------------------------------------------------------------- figure
 
 
@@ -311,7 +272,7 @@ def save_reconstruction_figure(originals: torch.Tensor, reconstructions: torch.T
     matplotlib.use("Agg")  # files only; no display on servers and Kaggle
     import matplotlib.pyplot as plt
 
-    a, b = to_uint8(originals), to_uint8(reconstructions)
+    a, b = to_uint8_hwc(originals), to_uint8_hwc(reconstructions)
     error = np.abs(a.astype(np.float32) - b.astype(np.float32)).mean(axis=-1)  # [N,H,W]
     psnr = psnr_uint8(a, b)
     n = len(a)

@@ -6,11 +6,16 @@ radar returns, noise and clutter (``radar``, ``scene``) become STFT spectrograms
 parameters (``people``) are deterministic from the seed. CLI: ``python -m microdoppler_finetune.simulate``.
 """
 from microdoppler_finetune.simulator.dataset import (
-    INFO_FILE, PARAMETERS_FILE, SIMULATOR_VERSION, image_file_name, simulate_dataset, simulate_recording_frames,
+    INFO_FILE,
+    PARAMETERS_FILE,
+    SIMULATOR_VERSION,
+    image_file_name,
+    simulate_dataset,
+    simulate_recording_frames,
 )
 from microdoppler_finetune.simulator.people import CONDITION_NAMES, sample_person, sample_recording
+from microdoppler_finetune.simulator.preview import render_preview_grid
 from microdoppler_finetune.simulator.radar import BANDS, RadarSettings
-from microdoppler_finetune.simulator.render import render_preview_grid
 
 __all__ = [
     "BANDS", "CONDITION_NAMES", "INFO_FILE", "PARAMETERS_FILE", "RadarSettings", "SIMULATOR_VERSION",

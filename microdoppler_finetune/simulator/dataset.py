@@ -34,7 +34,11 @@ import numpy as np
 
 from microdoppler_finetune.simulator.gait import cycle_duration_s, gait_regime, relative_velocity
 from microdoppler_finetune.simulator.people import (
-    CONDITION_NAMES, check_condition, recording_name, sample_person, sample_recording,
+    CONDITION_NAMES,
+    check_condition,
+    recording_name,
+    sample_person,
+    sample_recording,
 )
 from microdoppler_finetune.simulator.radar import RadarSettings, column_times_s, frame_slices, stft_power
 from microdoppler_finetune.simulator.render import colormap_lut, encode_jpeg, spectrogram_image

@@ -15,10 +15,17 @@ import numpy as np
 
 from microdoppler_finetune.simulator.gait import BodyDimensions, GaitModel, cycle_duration_s, relative_velocity
 from microdoppler_finetune.simulator.people import (
-    ConditionEffects, PersonParameters, RecordingParameters, condition_effects, gait_style,
+    ConditionEffects,
+    PersonParameters,
+    RecordingParameters,
+    condition_effects,
+    gait_style,
 )
 from microdoppler_finetune.simulator.radar import (
-    RadarSettings, add_noise_and_clutter, ranges_and_rcs, returns_from_ranges,
+    RadarSettings,
+    add_noise_and_clutter,
+    ranges_and_rcs,
+    returns_from_ranges,
 )
 from microdoppler_finetune.simulator.scatterers import Scatterer, body_scatterers, carried_object
 

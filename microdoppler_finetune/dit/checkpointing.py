@@ -11,7 +11,6 @@ the person x condition pairs seen in training), ``config`` the resolved pipeline
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from microdoppler_finetune.utils.files import atomic_path
+from microdoppler_finetune.utils.plain import to_plain
 from models.checkpoints import load_torch_file
 
 CHECKPOINT_DIRNAME = "checkpoints"
@@ -54,12 +55,9 @@ def latest_checkpoint(directory: str | Path) -> Optional[Path]:
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """torch.save to a temporary name, then rename: an interrupted save never looks like a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict:
@@ -87,7 +85,7 @@ def prune_checkpoints(directory: str | Path, keep: int) -> List[Path]:
 
 def capture_rng_state() -> dict:
     """Python and torch (CPU + every CUDA device) generator states, as plain types and tensors."""
-    state = {"python": _plain(random.getstate()), "torch": torch.get_rng_state()}
+    state = {"python": to_plain(random.getstate()), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -103,10 +101,3 @@ def restore_rng_state(state: Optional[dict]) -> None:
         torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _plain(value):
-    """Tuples -> lists recursively (weights_only loading accepts both; lists keep the file readable)."""
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value

@@ -9,6 +9,7 @@ Three ways to get a model:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -64,9 +65,7 @@ def _load_init_weights(path: str, *, use_ema: bool, trust_pickle: bool) -> torch
     if str(path).endswith((".pt", ".pth", ".ckpt")):
         content = load_torch_file(path, trust_pickle=trust_pickle)  # memory-mapped: cheap to look inside
         if isinstance(content, dict) and content.get("lora") and "dit_config" in content:
-            from microdoppler_finetune.dit_sampling import load_dit_for_sampling
-
-            return load_dit_for_sampling(path, use_ema=use_ema, trust_pickle=trust_pickle)[0]
+            return load_trained_dit(path, use_ema=use_ema, trust_pickle=trust_pickle)[0]
         del content
     return load_dit(path, use_ema=use_ema, trust_pickle=trust_pickle)
 
@@ -78,7 +77,7 @@ def dit_config_of(model: torch.nn.Module) -> dict:
 
 
 def num_blocks_of(model: torch.nn.Module) -> int:
-    from microdoppler_finetune.dit_training.contrastive import find_transformer_blocks
+    from microdoppler_finetune.dit.contrastive import find_transformer_blocks
 
     return len(find_transformer_blocks(model))
 
@@ -96,7 +95,7 @@ def model_forward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, pers
 
 def null_condition_id(model: torch.nn.Module) -> Optional[int]:
     """The condition table's null id, None when the DiT has no condition table."""
-    from microdoppler_finetune.dit_training.finetune import unwrap_model
+    from microdoppler_finetune.utils.tensors import unwrap_model
 
     return unwrap_model(model).condition_null_id
 
@@ -104,7 +103,7 @@ def null_condition_id(model: torch.nn.Module) -> Optional[int]:
 def sample_with_transport(model: torch.nn.Module, noise: torch.Tensor, person: torch.Tensor,
                           condition: Optional[torch.Tensor], settings) -> torch.Tensor:
     """ODE sampling (models.transport.sample_ode) from ``noise`` [B, C, h, w] to DiT-space latents."""
-    from microdoppler_finetune.dit_training.finetune import unwrap_model
+    from microdoppler_finetune.utils.tensors import unwrap_model
     from models.transport import sample_ode
 
     dit = unwrap_model(model)
@@ -112,3 +111,28 @@ def sample_with_transport(model: torch.nn.Module, noise: torch.Tensor, person: t
     return sample_ode(velocity_fn, noise, num_steps=int(settings.steps), method=str(settings.sampler),
                       timestep_shift=float(settings.shift), cfg_scale=float(settings.cfg_scale),
                       cfg_interval_start=float(settings.cfg_interval_start))
+
+
+def load_trained_dit(checkpoint: str | Path, *, use_ema: bool = True, trust_pickle: bool = False,
+                          device: str | torch.device = "cpu"):
+    """(plain DiT in eval mode with LoRA merged, checkpoint info without weights) from our training checkpoint."""
+    from microdoppler_finetune.dit.checkpointing import load_checkpoint
+    from microdoppler_finetune.dit.finetune import LoraSettings, apply_lora, merge_lora
+
+    path = Path(checkpoint)
+    content = load_checkpoint(path, trust_pickle=trust_pickle)
+    if "dit_config" not in content or "data" not in content:
+        raise ValueError(f"{path} is not a checkpoint of train_conditional_dit.py (no dit_config/data entries). A "
+                         f"released LightningDiT file has no person table for your data: fine-tune it first with "
+                         f"train_conditional_dit.py --init_from {path}.")
+    key = "ema" if use_ema else "model"
+    model = build_dit(content["dit_config"], data=None, cfg=None, init_from=None)
+    lora = LoraSettings.from_dict(content.get("lora"))
+    if lora is not None:
+        model = apply_lora(model, lora)
+    from models.checkpoints import load_state_dict_checked
+
+    load_state_dict_checked(model, content[key], source=f"{path} [{key}]")
+    model = merge_lora(model).to(device).eval()  # eval: no label dropout, no dropout while sampling
+    info = {k: v for k, v in content.items() if k not in ("model", "ema", "opt", "scaler", "rng")}
+    return model, info

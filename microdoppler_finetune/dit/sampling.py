@@ -24,6 +24,10 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from microdoppler_finetune.dit.model_setup import load_trained_dit, null_condition_id, sample_with_transport
+from microdoppler_finetune.utils.images import to_uint8_hwc
+from microdoppler_finetune.utils.tensors import pick_device
+
 GRID_FILE = "__grid_by_person.jpg"
 INFO_FILE = "generation_info.json"
 SAMPLERS = ("euler", "heun")
@@ -55,35 +59,6 @@ class Job:
     condition: Optional[int]  # None: the null condition (condition-free sampling) or a model without conditions
     number: int  # k-th image of this (person, condition)
     seen_in_training: Optional[bool] = None
-
-
-# ------------------------------------------------------------------------------------------- loading
-
-
-def load_dit_for_sampling(checkpoint: str | Path, *, use_ema: bool = True, trust_pickle: bool = False,
-                          device: str | torch.device = "cpu"):
-    """(plain DiT in eval mode with LoRA merged, checkpoint info without weights) from our training checkpoint."""
-    from microdoppler_finetune.dit_training.checkpointing import load_checkpoint
-    from microdoppler_finetune.dit_training.finetune import LoraSettings, apply_lora, merge_lora
-    from microdoppler_finetune.dit_training.model_setup import build_dit
-
-    path = Path(checkpoint)
-    content = load_checkpoint(path, trust_pickle=trust_pickle)
-    if "dit_config" not in content or "data" not in content:
-        raise ValueError(f"{path} is not a checkpoint of train_conditional_dit.py (no dit_config/data entries). A "
-                         f"released LightningDiT file has no person table for your data: fine-tune it first with "
-                         f"train_conditional_dit.py --init_from {path}.")
-    key = "ema" if use_ema else "model"
-    model = build_dit(content["dit_config"], data=None, cfg=None, init_from=None)
-    lora = LoraSettings.from_dict(content.get("lora"))
-    if lora is not None:
-        model = apply_lora(model, lora)
-    from models.checkpoints import load_state_dict_checked
-
-    load_state_dict_checked(model, content[key], source=f"{path} [{key}]")
-    model = merge_lora(model).to(device).eval()  # eval: no label dropout, no dropout while sampling
-    info = {k: v for k, v in content.items() if k not in ("model", "ema", "opt", "scaler", "rng")}
-    return model, info
 
 
 # ------------------------------------------------------------------------------------------- what to generate
@@ -175,7 +150,6 @@ def generate_latents(model: torch.nn.Module, persons: Sequence[int], conditions:
 
     ``keys``: one noise key per image (default: its position); same seed + same key -> same starting noise.
     """
-    from microdoppler_finetune.dit_training.model_setup import null_condition_id, sample_with_transport
 
     model.eval()  # sampling: no label dropout
     total = len(persons)
@@ -217,8 +191,7 @@ def to_pil(image: torch.Tensor, size: Optional[int] = None):
     """[3, H, W] in [-1, 1] -> an RGB PIL image, resized (bicubic) to size x size when given."""
     from PIL import Image
 
-    array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    pil = Image.fromarray(array, mode="RGB")
+    pil = Image.fromarray(to_uint8_hwc(image), mode="RGB")
     if size is not None and pil.size != (size, size):
         pil = pil.resize((size, size), Image.BICUBIC)
     return pil
@@ -264,13 +237,12 @@ def generate_dataset(checkpoint: str | Path, vae_encoder: str | Path, out_dir: s
                      use_ema: bool = True, device: str | torch.device = "auto", trust_pickle: bool = False,
                      grid_per_person: int = 8) -> dict:
     """Sample, decode and write JPGs + generation_info.json + the per-person grid; returns the info dict."""
-    from microdoppler_finetune.export import load_exported_vae, read_export_info
+    from microdoppler_finetune.latents.export import load_exported_vae, read_export_info, read_latent_statistics
 
     settings = settings or SamplerSettings()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if str(device) == "auto" else \
-        torch.device(device)
+    device = pick_device(device)
     started = time.time()
-    model, info = load_dit_for_sampling(checkpoint, use_ema=use_ema, trust_pickle=trust_pickle, device=device)
+    model, info = load_trained_dit(checkpoint, use_ema=use_ema, trust_pickle=trust_pickle, device=device)
     data_info = info["data"]
     export_info = read_export_info(vae_encoder)
     if data_info.get("vae_identity") and export_info["vae_identity"] != data_info["vae_identity"]:
@@ -278,8 +250,7 @@ def generate_dataset(checkpoint: str | Path, vae_encoder: str | Path, out_dir: s
                          f"--vae_encoder {vae_encoder} is {export_info['vae_identity']}: its decoder would turn "
                          f"these latents into garbage. Pass the encoder folder the DiT was trained with.")
     vae = load_exported_vae(vae_encoder).to(device)
-    latents_mean = vae.config.latents_mean or data_info["latents_mean"]
-    latents_std = vae.config.latents_std or data_info["latents_std"]
+    latents_mean, latents_std = read_latent_statistics(vae_encoder)
     uses_conditions = bool(info["dit_config"].get("num_conditions", 0))
     jobs = plan_jobs(data_info, per_person=per_person, persons=persons, conditions=conditions, pairs=pairs,
                      uses_conditions=uses_conditions)

@@ -25,19 +25,20 @@ latents of one VA-VAE and decoded with another produces garbage without any erro
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
-from microdoppler_finetune.export import (EXPORT_INFO_FILE, file_sha256, read_export_info, vae_identity)
+from microdoppler_finetune.latents.export import EXPORT_INFO_FILE, read_export_info, vae_identity
+from microdoppler_finetune.utils.files import file_sha256, swap_in_folder, temporary_sibling
+from microdoppler_finetune.utils.progress import progress
 
-CACHE_FORMAT = "microdoppler_finetune.latent_cache"
+CACHE_FORMAT = "microdoppler_finetune.latents.cache"
 CACHE_VERSION = 1
 CACHE_INFO_FILE = "latent_cache.json"
 TENSOR_KEYS = ("latents", "posterior_mean", "posterior_std", "person_id", "condition_id", "index", "flipped")
@@ -103,7 +104,6 @@ def encode_split(
     device: str | torch.device = "cpu",
     flip_copies: bool = False,
     num_workers: int = 0,
-    progress: Optional[Callable[[int, int], None]] = None,
 ) -> EncodedSplit:
     """Encode every item of ``dataset`` (MicroDopplerDataset items) with ``model.encode`` (VAVAE API).
 
@@ -115,7 +115,7 @@ def encode_split(
     parts: Dict[bool, Dict[str, list]] = {False: {k: [] for k in TENSOR_KEYS}, True: {k: [] for k in TENSOR_KEYS}}
     variants = (False, True) if flip_copies else (False,)
     done = 0
-    for batch in loader:
+    for batch in progress(loader, desc=f"encode {split}", unit="batch"):
         images = batch["image"].to(device=device, dtype=torch.float32)  # [B,3,H,W] in [-1,1]
         indices = batch["index"].long()
         for flipped in variants:
@@ -133,8 +133,6 @@ def encode_split(
             store["index"].append(indices)
             store["flipped"].append(torch.full((len(indices),), int(flipped), dtype=torch.uint8))
         done += images.shape[0]
-        if progress is not None:
-            progress(done, len(dataset))
     if done == 0:
         raise ValueError(f"The '{split}' split has no images to encode.")
     tensors = {k: torch.cat(parts[False][k] + (parts[True][k] if flip_copies else []), dim=0) for k in TENSOR_KEYS}
@@ -176,7 +174,7 @@ def write_latent_cache(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
     manifest_file = manifest_file_of(manifest_path)
     manifest_hash = file_sha256(manifest_file)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(out_dir)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -219,17 +217,8 @@ def write_latent_cache(
         **(extra_info or {}),
     }
     (tmp / CACHE_INFO_FILE).write_text(json.dumps(info, indent=2))
-    _swap_in(tmp, out_dir)
+    swap_in_folder(tmp, out_dir)
     return out_dir / CACHE_INFO_FILE
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def manifest_file_of(path: str | Path) -> Path:

@@ -22,21 +22,42 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
-from microdoppler_finetune.config import save_config, to_plain
-from microdoppler_finetune.dit_training import checkpointing as C
-from microdoppler_finetune.dit_training.contrastive import PooledFeatureTap, supervised_contrastive_loss
-from microdoppler_finetune.dit_training.data import (DiTData, LatentSplit, load_dit_data, run_dir_of,
-                                                 validation_noise)
-from microdoppler_finetune.dit_training.distributed import (DistInfo, any_rank_true, barrier, cleanup_distributed,
-                                                            mean_over_ranks, setup_distributed)
-from microdoppler_finetune.dit_training.ema import EMA
-from microdoppler_finetune.dit_training.finetune import (LoraSettings, TrainableRule, apply_lora,
-                                                         apply_trainable_rule, optimizer_parameters)
-from microdoppler_finetune.dit_training.logging import TrainLog
-from microdoppler_finetune.dit_training.model_setup import (build_dit, dit_config_of, enable_gradient_checkpointing,
-                                                            model_forward, num_blocks_of)
-from microdoppler_finetune.dit_training.objective import (deterministic_val_loss, make_transport, sample_timesteps,
-                                                          velocity_loss_terms)
+from microdoppler_finetune.config import save_config
+from microdoppler_finetune.dit import checkpointing as C
+from microdoppler_finetune.dit.contrastive import PooledFeatureTap, supervised_contrastive_loss
+from microdoppler_finetune.dit.data import DiTData, LatentSplit, load_dit_data, run_dir_of, validation_noise
+from microdoppler_finetune.dit.distributed import (
+    DistInfo,
+    any_rank_true,
+    barrier,
+    cleanup_distributed,
+    mean_over_ranks,
+    setup_distributed,
+)
+from microdoppler_finetune.dit.ema import EMA
+from microdoppler_finetune.dit.finetune import (
+    LoraSettings,
+    TrainableRule,
+    apply_lora,
+    apply_trainable_rule,
+    optimizer_parameters,
+)
+from microdoppler_finetune.dit.logging import TrainLog
+from microdoppler_finetune.dit.model_setup import (
+    build_dit,
+    dit_config_of,
+    enable_gradient_checkpointing,
+    model_forward,
+    num_blocks_of,
+)
+from microdoppler_finetune.dit.objective import (
+    deterministic_val_loss,
+    make_transport,
+    sample_timesteps,
+    velocity_loss_terms,
+)
+from microdoppler_finetune.utils.plain import to_plain
+from microdoppler_finetune.utils.tensors import unwrap_model
 
 STOP_FINISHED = "finished"
 STOP_TIME_BUDGET = "time_budget"
@@ -314,10 +335,10 @@ class DiTTrainer:
 
     def sample_grid(self) -> Optional[Path]:
         """One row per person (EMA weights), decoded with the exported encoder's VA-VAE."""
-        from microdoppler_finetune.dit_sampling import SamplerSettings, decode_latents, generate_latents, save_grid
+        from microdoppler_finetune.dit.sampling import SamplerSettings, decode_latents, generate_latents, save_grid
 
         if self._decoder is None:
-            from microdoppler_finetune.export import load_exported_vae
+            from microdoppler_finetune.latents.export import load_exported_vae
 
             self._decoder = load_exported_vae(self.data.export_dir).to(self.device)
         t = self.train_cfg
@@ -439,7 +460,7 @@ class DiTTrainer:
 
     def run_validation(self, started: float) -> None:
         if self.dist.is_main:
-            val = self.validation_loss(unwrap_ddp(self.model))
+            val = self.validation_loss(unwrap_model(self.model))
             val_ema = self.validation_loss(self.ema.module)
             if val_ema < self.best_val_loss:
                 self.best_val_loss = val_ema
@@ -450,15 +471,11 @@ class DiTTrainer:
         barrier(self.dist)
 
 
-def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 def merged_eval_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A plain DiT for sampling: LoRA adapters merged into a copy (the training model keeps its adapters)."""
     import copy
 
-    from microdoppler_finetune.dit_training.finetune import merge_lora
+    from microdoppler_finetune.dit.finetune import merge_lora
 
     return merge_lora(copy.deepcopy(model)).eval()
 

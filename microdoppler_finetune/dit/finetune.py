@@ -72,15 +72,6 @@ def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The DiT inside DDP and peft wrappers (for its config and helper methods)."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    base = getattr(model, "base_model", None)
-    inner = getattr(base, "model", None) if base is not None else None
-    return inner if isinstance(inner, torch.nn.Module) else model
-
-
 @dataclass
 class TrainableRule:
     """What trains at a given step (see the module docstring)."""

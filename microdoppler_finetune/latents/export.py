@@ -28,9 +28,7 @@ the export can all check that they talk about the same weights.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -38,52 +36,25 @@ from typing import Optional, Sequence
 
 import torch
 
+from microdoppler_finetune.utils.files import swap_in_folder, temporary_sibling
+from microdoppler_finetune.utils.tensors import state_dict_fingerprint
+
 EXPORT_DIRNAME = "vavae_encoder_for_dit"
 AUTOENCODER_SUBFOLDER = "vae"
 EXPORT_INFO_FILE = "export_info.json"
 IDENTITY_NOTE = ("sha256 over the VAVAE state_dict: for each tensor in sorted name order, its name, dtype, shape "
-                 "and raw bytes (microdoppler_finetune.export.vae_identity)")
-
-
-# ------------------------------------------------------------------------------------------- hashes
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def path_sha256(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents, sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return file_sha256(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist.")
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path).as_posix()).encode())
-        digest.update(bytes.fromhex(file_sha256(file)))
-    return digest.hexdigest()
-
-
-def state_dict_sha256(state_dict: dict) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+                 "and raw bytes (microdoppler_finetune.latents.export.vae_identity)")
 
 
 def vae_identity(model: torch.nn.Module) -> str:
     """The identity hash of a VA-VAE's weights (see the module docstring)."""
-    return state_dict_sha256(model.state_dict())
+    return state_dict_fingerprint(model)
+
+
+def exported_encoder_in(work_dir: str | Path) -> Optional[str]:
+    """step5's exported VA-VAE of a work dir, when there is one."""
+    folder = Path(work_dir) / "export" / EXPORT_DIRNAME
+    return str(folder) if (folder / EXPORT_INFO_FILE).is_file() else None
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -95,6 +66,26 @@ def read_export_info(export_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{path} is missing: {export_dir} is not an encoder exported by step5 "
                                 f"(python microdoppler_finetune/step5_validate_export.py --run <work_dir>/vae --export).")
     return json.loads(path.read_text())
+
+
+def read_latent_statistics(export_dir: str | Path) -> tuple[list, list]:
+    """latents_mean/latents_std from the exported encoder's config.json (VAVAE.save_pretrained): the one place
+    every later stage (DiT training, sampling, evaluation) reads the latent statistics from."""
+    export_dir = Path(export_dir)
+    config_file = export_dir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"--vae_encoder {export_dir} has no config.json: pass the folder step5 exported "
+                                f"(<work_dir>/export/{EXPORT_DIRNAME}).")
+    config = json.loads(config_file.read_text())
+    mean, std = config.get("latents_mean"), config.get("latents_std")
+    if not mean or not std:
+        raise ValueError(f"{config_file} has no latents_mean/latents_std: this encoder was saved without latent "
+                         f"statistics. Export it with python microdoppler_finetune/step5_validate_export.py "
+                         f"--checkpoint <VA-VAE> --export.")
+    if len(mean) != len(std) or any(float(s) <= 0 for s in std):
+        raise ValueError(f"{config_file}: latents_mean ({len(mean)}) and latents_std ({len(std)}) must have one "
+                         f"value per channel, std > 0.")
+    return [float(v) for v in mean], [float(v) for v in std]
 
 
 def export_encoder_for_dit(
@@ -132,7 +123,7 @@ def export_encoder_for_dit(
     # makes that exactly the DiT's normalisation (the AutoencoderKL default 0.18215 would not).
     autoencoder.register_to_config(scaling_factor=1.0, shift_factor=None)
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(out_dir)
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -158,14 +149,7 @@ def export_encoder_for_dit(
     (tmp / EXPORT_INFO_FILE).write_text(json.dumps(full, indent=2, default=str))
 
     _verify_export(tmp, identity, autoencoder, model.__class__, AutoencoderKL)
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old.exists():
-        shutil.rmtree(old)
-    return out_dir
+    return swap_in_folder(tmp, out_dir)
 
 
 def _verify_export(folder: Path, identity: str, autoencoder, vavae_class, autoencoder_class) -> None:
@@ -176,7 +160,7 @@ def _verify_export(folder: Path, identity: str, autoencoder, vavae_class, autoen
         raise RuntimeError(f"The export in {folder} reloads with identity {got}, not {identity}: the VAVAE "
                            f"save_pretrained/from_pretrained round trip loses weights. Report this as a bug.")
     plain = autoencoder_class.from_pretrained(folder / AUTOENCODER_SUBFOLDER)
-    if state_dict_sha256(plain.state_dict()) != state_dict_sha256(autoencoder.state_dict()):
+    if state_dict_fingerprint(plain) != state_dict_fingerprint(autoencoder):
         raise RuntimeError(f"The plain AutoencoderKL in {folder / AUTOENCODER_SUBFOLDER} does not reload with the "
                            f"weights that were saved. Report this as a bug.")
 

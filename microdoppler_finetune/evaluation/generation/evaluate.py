@@ -1,197 +1,53 @@
 """Generation metrics: how close, how diverse, how useful and how original the generated spectrograms are.
 
-    python -m microdoppler_finetune.evaluate_generation --dataset_dir work_dir/dataset --generated work_dir/samples \
-        --out_dir work_dir/evaluation/generation [--classifier work_dir/evaluation/identification/feature_classifier]
+All distribution metrics (generation/metrics.py) are computed in the feature space of the identification
+classifier (models/classifier.py, ``features``: its pooled embedding), which works offline; the Inception FID is
+added only when its weights are on this machine. Features are computed once and reused for the overall numbers,
+the numbers per person and the memorisation check. Also measured:
 
-All distribution metrics are computed in the feature space of the identification classifier
-(models/classifier.py, ``features``: its pooled embedding), which works offline; the Inception FID is added only
-when its weights are on this machine. Features are computed once and reused for the overall numbers, the numbers
-per person and the memorisation check. Definitions:
-
-- FID (Heusel et al. 2017): ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), covariances with N-1.
-  Computed in float64 with scipy's sqrtm; a tiny imaginary part from numerical error is dropped. Per person
-  there are fewer samples than feature dimensions, which biases FID upwards: compare each number with the
-  real-vs-real baseline on the same row.
-- KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3,
-  averaged over random subsets (the recipe of torchmetrics' KernelInceptionDistance).
-- Precision, recall, density, coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics"): k-NN
-  balls around real samples (radius = distance to the k-th nearest other real sample) and, for recall, around
-  generated samples.
 - Classification accuracy score (CAS, Ravuri & Vinyals 2019): a classifier trained on generated images only
   (best epoch chosen on the real validation split) tested on the real test split.
-- Memorisation: the distance of each generated sample to its nearest real TRAINING sample, next to the same
-  distance for real TEST samples (which the generator never saw). Generated samples much closer to the training
-  set than fresh real data are, or at distance ~0, are copies.
+- Identifiability: a classifier trained on real images names the person of each generated sample (and, behind
+  the VA-VAE, one trained on round-tripped real images).
 """
-
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
-import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 import torch
-from scipy import linalg
 
-from microdoppler_finetune.identification import (IdentificationConfig, LabelledImages, accuracy_report,
-                                                  current_command, load_generated_images, load_split_images,
-                                                  predict_logits, resolve_device, to_uint8, train_classifier)
-from models.classifier import CLASSIFIER_PRESETS, SpectrogramClassifier, load_classifier
+from microdoppler_finetune.evaluation.generation.metrics import (
+    frechet_distance,
+    kernel_inception_distance,
+    memorisation_report,
+    memorisation_summary,
+    nearest_neighbours,
+    precision_recall_density_coverage,
+)
+from microdoppler_finetune.evaluation.identification.images import (
+    LabelledImages,
+    load_generated_images,
+    load_split_images,
+)
+from microdoppler_finetune.evaluation.identification.training import (
+    IdentificationConfig,
+    accuracy_report,
+    predict_logits,
+    train_classifier,
+)
+from microdoppler_finetune.utils.commands import reproducing_command
+from microdoppler_finetune.utils.images import to_uint8
+from microdoppler_finetune.utils.tensors import pick_device
+from models.classifier import SpectrogramClassifier, load_classifier
 
 METRICS_JSON = "generation_metrics.json"
 METRICS_MD = "generation_metrics.md"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception
-
-
-# ------------------------------------------------------------------------------------------- feature-space metrics
-
-
-def _as_2d_float64(features, name: str) -> np.ndarray:
-    array = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
-    array = array.astype(np.float64, copy=False)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [samples, features], got shape {array.shape}.")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or inf values.")
-    return array
-
-
-def frechet_distance(features_a, features_b) -> float:
-    """FID between two feature sets (each needs at least 2 samples)."""
-    a = _as_2d_float64(features_a, "features_a")
-    b = _as_2d_float64(features_b, "features_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"Feature sizes differ: {a.shape[1]} vs {b.shape[1]}.")
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"FID needs at least 2 samples per set, got {len(a)} and {len(b)}.")
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():
-        # Fewer samples than feature dimensions (per person) makes the product singular; that is expected and
-        # documented (compare with the real baseline), not worth a warning per person.
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        # Singular product (fewer samples than features): regularise both covariances slightly, as is customary.
-        offset = np.eye(cov_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = np.real(covmean)
-    distance = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
-    return max(distance, 0.0)  # rounding can give -1e-12 for identical sets
-
-
-def _polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    dim = x.shape[1]
-    k_xx = (x @ x.T / dim + 1.0) ** 3
-    k_yy = (y @ y.T / dim + 1.0) ** 3
-    k_xy = (x @ y.T / dim + 1.0) ** 3
-    m, n = len(x), len(y)
-    sum_xx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
-    sum_yy = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
-    return float(sum_xx + sum_yy - 2.0 * k_xy.mean())
-
-
-def kernel_inception_distance(features_a, features_b, *, num_subsets: int = 100, subset_size: int = 1000,
-                              seed: int = 0) -> tuple[float, float]:
-    """KID (mean, std over subsets); subsets are drawn without replacement, capped at the smaller set's size."""
-    a = _as_2d_float64(features_a, "features_a")
-    b = _as_2d_float64(features_b, "features_b")
-    size = min(subset_size, len(a), len(b))
-    if size < 2:
-        raise ValueError(f"KID needs at least 2 samples per set, got {len(a)} and {len(b)}.")
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(num_subsets):
-        subset_a = a[rng.choice(len(a), size, replace=False)]
-        subset_b = b[rng.choice(len(b), size, replace=False)]
-        values.append(_polynomial_mmd2_unbiased(subset_a, subset_b))
-    return float(np.mean(values)), float(np.std(values))
-
-
-def pairwise_distances(x, y) -> np.ndarray:
-    """Euclidean distances [len(x), len(y)] (float64)."""
-    xt = torch.from_numpy(_as_2d_float64(x, "x"))
-    yt = torch.from_numpy(_as_2d_float64(y, "y"))
-    return torch.cdist(xt, yt).numpy()
-
-
-def _kth_neighbour_radius(features: np.ndarray, k: int) -> np.ndarray:
-    """Distance from each sample to its k-th nearest *other* sample of the same set."""
-    distances = pairwise_distances(features, features)
-    # Column 0 of each sorted row is the sample itself (distance 0), so the k-th other neighbour is column k.
-    return np.sort(distances, axis=1)[:, k]
-
-
-def precision_recall_density_coverage(real_features, fake_features, *, k: int = 5) -> dict:
-    """Naeem et al. (2020) metrics; ``k`` is capped so every set has k other members."""
-    real = _as_2d_float64(real_features, "real_features")
-    fake = _as_2d_float64(fake_features, "fake_features")
-    k_used = min(k, len(real) - 1, len(fake) - 1)
-    if k_used < 1:
-        raise ValueError(f"Precision/recall need at least 2 real and 2 generated samples, got {len(real)} and "
-                         f"{len(fake)}.")
-    real_radius = _kth_neighbour_radius(real, k_used)   # [N_real]
-    fake_radius = _kth_neighbour_radius(fake, k_used)   # [N_fake]
-    real_to_fake = pairwise_distances(real, fake)       # [N_real, N_fake]
-    inside_real_balls = real_to_fake <= real_radius[:, None]  # [i, j]: generated j lies in real i's ball
-    precision = inside_real_balls.any(axis=0).mean()
-    recall = (real_to_fake <= fake_radius[None, :]).any(axis=1).mean()
-    density = inside_real_balls.sum() / (k_used * len(fake))
-    coverage = (real_to_fake.min(axis=1) <= real_radius).mean()
-    return {"precision": float(precision), "recall": float(recall), "density": float(density),
-            "coverage": float(coverage), "k": int(k_used)}
-
-
-def nearest_neighbours(query, reference) -> tuple[np.ndarray, np.ndarray]:
-    """For each query row: (distance to, index of) its nearest reference row."""
-    distances = pairwise_distances(query, reference)
-    index = distances.argmin(axis=1)
-    return distances[np.arange(len(index)), index], index
-
-
-def memorisation_report(generated_features, train_features, test_features, *, generated_keys: Sequence[str],
-                        train_keys: Sequence[str], closest: int = 10, copy_tolerance: float = 1e-4) -> dict:
-    """Nearest-training-neighbour distances of generated samples vs those of real test samples.
-
-    ``copy_tolerance`` is relative to the median test-to-train distance: a generated sample closer than that to
-    a training sample is counted as a copy (identical images give identical features up to float rounding).
-    """
-    generated_distance, nearest = nearest_neighbours(generated_features, train_features)
-    test_distance, _ = nearest_neighbours(test_features, train_features)
-    return _memorisation_summary(generated_distance, nearest, test_distance, generated_keys=generated_keys,
-                                 train_keys=train_keys, closest=closest, copy_tolerance=copy_tolerance)
-
-
-def _memorisation_summary(generated_distance: np.ndarray, nearest: np.ndarray, test_distance: np.ndarray, *,
-                          generated_keys: Sequence[str], train_keys: Sequence[str], closest: int = 10,
-                          copy_tolerance: float = 1e-4) -> dict:
-    test_median = float(np.median(test_distance))
-    test_p05 = float(np.percentile(test_distance, 5))
-    generated_median = float(np.median(generated_distance))
-    order = np.argsort(generated_distance)[:closest]
-    return {
-        "generated_median_distance": generated_median,
-        "generated_p05_distance": float(np.percentile(generated_distance, 5)),
-        "generated_min_distance": float(generated_distance.min()),
-        "test_median_distance": test_median,
-        "test_p05_distance": test_p05,
-        # < 1: generated samples sit closer to the training set than unseen real data does.
-        "median_ratio_generated_to_test": generated_median / test_median if test_median > 0 else float("nan"),
-        "fraction_closer_than_test_p05": float((generated_distance < test_p05).mean()),
-        "copies": int((generated_distance <= copy_tolerance * max(test_median, 1e-12)).sum()),
-        "generated_images": int(len(generated_distance)),
-        "test_images": int(len(test_distance)),
-        "closest_pairs": [{"generated": generated_keys[i], "train": train_keys[int(nearest[i])],
-                           "distance": float(generated_distance[i])} for i in order],
-    }
-
-
-# ------------------------------------------------------------------------------------------- features
 
 
 @torch.no_grad()
@@ -266,7 +122,7 @@ def obtain_feature_classifier(classifier, splits: Dict[str, LabelledImages], num
     if isinstance(classifier, SpectrogramClassifier):
         model = classifier
     elif classifier is not None:
-        model = load_classifier(classifier, device=resolve_device(config.device))
+        model = load_classifier(classifier, device=pick_device(config.device))
     else:
         log("Training the feature classifier on the real train split ...")
         model, history = train_classifier([splits["train"]], splits["val"], num_classes=num_classes, config=config,
@@ -303,7 +159,7 @@ def evaluate_generation(manifest_dir, generated_dir, out_dir="generation_metrics
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(manifest_dir, data_root=data_root) if data_root else load_manifest(manifest_dir)
     if classifier is not None and not isinstance(classifier, SpectrogramClassifier):
-        classifier = load_classifier(classifier, device=resolve_device(config.device))
+        classifier = load_classifier(classifier, device=pick_device(config.device))
     if isinstance(classifier, SpectrogramClassifier) and classifier.config.image_size:
         config = IdentificationConfig(**{**config.__dict__, "image_size": int(classifier.config.image_size)})
     log(f"Loading images at {config.image_size}x{config.image_size} ...")
@@ -347,7 +203,7 @@ def evaluate_generation(manifest_dir, generated_dir, out_dir="generation_metrics
         person_test = test_groups.get(person)
         if person_test is not None and len(person_test):
             # Nearest neighbours over the WHOLE training set: copying another person's image also counts.
-            entry["memorisation"] = _memorisation_summary(
+            entry["memorisation"] = memorisation_summary(
                 all_generated_distance[positions], all_nearest[positions], all_test_distance[person_test],
                 generated_keys=[generated.keys[i] for i in positions], train_keys=train_names, closest=3)
         per_person[name] = entry
@@ -362,7 +218,7 @@ def evaluate_generation(manifest_dir, generated_dir, out_dir="generation_metrics
         "people_without_generated_images": [manifest.person_names[p] for p in missing_people],
         "inception_fid": (inception_fid(splits["train"], generated, weights=inception_weights) if inception else
                           {"value": None, "status": "not computed: disabled (--no_inception)"}),
-        "command": command if command is not None else current_command(),
+        "command": command if command is not None else reproducing_command(),
     }
     results["real_classifier_on_generated"] = identifiability(model, splits["test"], generated, manifest)
     if vae_encoder is not None:
@@ -421,9 +277,9 @@ def reconstruction_identifiability(vae_encoder, splits: Dict[str, LabelledImages
     after a VA-VAE round trip names the person of each generated sample; its accuracy on round-tripped real test
     images is the ceiling. A generator can beat chance here while the plain real classifier still fails on the
     codec's smoother images (a weak VA-VAE); it cannot beat the ceiling."""
-    from microdoppler_finetune.export import load_exported_vae
+    from microdoppler_finetune.latents.export import load_exported_vae
 
-    vae = load_exported_vae(vae_encoder).to(resolve_device(config.device))
+    vae = load_exported_vae(vae_encoder).to(pick_device(config.device))
     log(f"Identifiability behind the VA-VAE ({vae_encoder}): round-tripping the real splits ...")
     trips = {name: vae_round_trip(vae, data) for name, data in splits.items()}
     model, history = train_classifier([trips["train"]], trips["val"], num_classes=manifest.num_persons,
@@ -497,63 +353,3 @@ def metrics_markdown(results: dict) -> str:
         lines += ["", f"No generated images for: {', '.join(results['people_without_generated_images'])}."]
     lines += ["", f"Command: `{results['command']}`"]
     return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared with step6_evaluate."""
-    parser.add_argument("--dataset_dir", required=True, help="folder with manifest.csv (step3's output)")
-    parser.add_argument("--generated", help="folder of generated images in the dataset layout (ID_n/*.jpg or "
-                        "<Condition>/ID_n/*.jpg)")
-    parser.add_argument("--data_root", help="where the manifest's images are now, if they moved since step3")
-    parser.add_argument("--preset", default=IdentificationConfig.preset, choices=sorted(CLASSIFIER_PRESETS),
-                        help="classifier size: tiny (CPU, 64 px), small (128 px), standard (ResNet-18, 256 px GPU)")
-    parser.add_argument("--image_size", type=int, default=IdentificationConfig.image_size)
-    parser.add_argument("--epochs", type=int, default=IdentificationConfig.epochs)
-    parser.add_argument("--patience", type=int, default=IdentificationConfig.patience)
-    parser.add_argument("--batch_size", type=int, default=IdentificationConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=IdentificationConfig.learning_rate)
-    parser.add_argument("--seed", type=int, default=IdentificationConfig.seed)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--num_workers", type=int, default=0, help="image loading workers")
-    parser.add_argument("--max_generated_per_person", type=int, help="use at most N generated images per person")
-    parser.add_argument("--vae_encoder", help="step5's exported VA-VAE folder: adds identifiability behind the VA-VAE "
-                        "(a classifier trained on round-tripped real images)")
-
-
-def config_from_args(args: argparse.Namespace) -> IdentificationConfig:
-    return IdentificationConfig(preset=args.preset, image_size=args.image_size, epochs=args.epochs,
-                                patience=args.patience, batch_size=args.batch_size, learning_rate=args.lr,
-                                seed=args.seed, device=args.device, num_workers=args.num_workers)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evaluate_generation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--out_dir", required=True, help="where generation_metrics.json/.md go")
-    parser.add_argument("--classifier", help="a saved feature classifier (default: train one on the real train "
-                        "split)")
-    parser.add_argument("--k", type=int, default=5, help="neighbours for precision/recall/density/coverage")
-    parser.add_argument("--no_cas", action="store_true", help="skip the classification accuracy score")
-    parser.add_argument("--no_inception", action="store_true", help="skip the Inception FID")
-    parser.add_argument("--inception_weights", help=f"path of {INCEPTION_WEIGHTS_FILE} (torch-fidelity)")
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> dict:
-    args = build_parser().parse_args(argv)
-    if not args.generated:
-        raise SystemExit("--generated is required: the folder of generated images to evaluate.")
-    command = current_command("microdoppler_finetune.evaluate_generation", argv)
-    return evaluate_generation(args.dataset_dir, args.generated, args.out_dir, classifier=args.classifier,
-                               config=config_from_args(args), k=args.k, classification_accuracy_score=not args.no_cas,
-                               inception=not args.no_inception, inception_weights=args.inception_weights,
-                               data_root=args.data_root, max_generated_per_person=args.max_generated_per_person,
-                               command=command, vae_encoder=args.vae_encoder)
-
-
-if __name__ == "__main__":
-    main()

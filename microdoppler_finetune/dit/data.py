@@ -6,7 +6,6 @@ the same encoder. The cache must have been written by that encoder (its identity
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -14,8 +13,8 @@ from typing import List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
-from microdoppler_finetune.export import EXPORT_DIRNAME
-from microdoppler_finetune.latent_cache import (CACHE_INFO_FILE, LatentCache, fixed_seed_noise, load_latent_cache)
+from microdoppler_finetune.latents.cache import CACHE_INFO_FILE, LatentCache, fixed_seed_noise, load_latent_cache
+from microdoppler_finetune.latents.export import EXPORT_DIRNAME, read_latent_statistics
 
 
 def export_dir_of(cfg: DictConfig) -> Path:
@@ -30,42 +29,22 @@ def cache_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.dit.latent_cache) if cfg.dit.latent_cache else Path(cfg.run.work_dir) / "latents"
 
 
-def read_encoder_statistics(export_dir: str | Path) -> tuple[list, list]:
-    """latents_mean/latents_std from the exported encoder's config.json (VAVAE.save_pretrained)."""
-    export_dir = Path(export_dir)
-    config_file = export_dir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"--vae_encoder {export_dir} has no config.json: pass the folder step5 exported "
-                                f"(<work_dir>/export/{EXPORT_DIRNAME}).")
-    config = json.loads(config_file.read_text())
-    mean, std = config.get("latents_mean"), config.get("latents_std")
-    if not mean or not std:
-        raise ValueError(f"{config_file} has no latents_mean/latents_std: this encoder was saved without latent "
-                         f"statistics. Export it with python microdoppler_finetune/step5_validate_export.py "
-                         f"--checkpoint <VA-VAE> --export.")
-    if len(mean) != len(std) or any(float(s) <= 0 for s in std):
-        raise ValueError(f"{config_file}: latents_mean ({len(mean)}) and latents_std ({len(std)}) must have one "
-                         f"value per channel, std > 0.")
-    return [float(v) for v in mean], [float(v) for v in std]
-
-
 def build_missing_cache(cfg: DictConfig, export_dir: Path, cache_dir: Path) -> None:
-    """Encode the manifest's train/val images with the exported encoder (step5's cache part)."""
-    from microdoppler_finetune.evaluation.validate_export import describe_checkpoint, run_step5
+    """Encode the manifest's train/val images with the exported encoder (what step5's cache part writes)."""
+    from microdoppler_finetune.latents.build import build_cache_with_exported_encoder
+    from vae_training.train import ensure_manifest
 
     default_dir = Path(cfg.run.work_dir) / "latents"
     if cache_dir.resolve() != default_dir.resolve():
         raise FileNotFoundError(f"No latent cache at --latent_cache {cache_dir} ({CACHE_INFO_FILE} missing). Leave "
                                 f"--latent_cache out to build one in {default_dir}, or point it at step5's cache.")
-    from vae_training.train import ensure_manifest
-
     manifest = ensure_manifest(cfg)  # the run's one split (made by step3's prepare_dataset when missing)
-    cfg = cfg.copy()
-    cfg.data.dataset_dir = str(Path(manifest).parent)
-    print(f"No latent cache in {cache_dir}: encoding the train/val images of {manifest} with {export_dir} "
-          f"(step5 --cache)", flush=True)
-    run_step5(cfg, describe_checkpoint(export_dir), parts=("cache",),
-              data_root=cfg.data.data_root if cfg.data.data_root else None)
+    print(f"No latent cache in {cache_dir}: encoding the train/val images of {manifest} with {export_dir}", flush=True)
+    build_cache_with_exported_encoder(
+        export_dir, manifest, cache_dir, image_size=int(cfg.data.image_size),
+        sample_seed=int(cfg.export.sample_seed), batch_size=int(cfg.export.batch_size), device=str(cfg.export.device),
+        flip=bool(cfg.data.flip), num_workers=int(cfg.data.num_workers), shard_size=int(cfg.export.shard_size),
+        data_root=cfg.data.data_root or None)
 
 
 @dataclass
@@ -156,7 +135,7 @@ def load_dit_data(cfg: DictConfig, *, build_cache: bool = True) -> DiTData:
         raise FileNotFoundError(f"--vae_encoder {export_dir} does not exist. Export the fine-tuned VA-VAE first: "
                                 f"python microdoppler_finetune/step5_validate_export.py --run <work_dir>/vae --export "
                                 f"--cache")
-    latents_mean, latents_std = read_encoder_statistics(export_dir)
+    latents_mean, latents_std = read_latent_statistics(export_dir)
     cache_dir = cache_dir_of(cfg)
     if not (cache_dir / CACHE_INFO_FILE).is_file():
         if not build_cache:

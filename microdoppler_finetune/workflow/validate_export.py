@@ -4,15 +4,15 @@ One call, :func:`run_step5`, with four parts that can be chosen separately:
 
 - metrics  -> ``<work_dir>/validation/<name>/metrics.json``, ``metrics.md``, ``reconstruction_results.png``
 - stats    -> ``<work_dir>/validation/<name>/latent_statistics.json``, ``latent_map.png``
-- export   -> ``<work_dir>/export/vavae_encoder_for_dit/`` (microdoppler_finetune.export)
-- cache    -> ``<work_dir>/latents/`` (microdoppler_finetune.latent_cache)
+- export   -> ``<work_dir>/export/vavae_encoder_for_dit/`` (microdoppler_finetune.latents.export)
+- cache    -> ``<work_dir>/latents/`` (microdoppler_finetune.latents.cache)
 
 ``<name>`` comes from the checkpoint, so validating the released VA-VAE and the fine-tuned one with the same
 command gives two folders side by side; ``<work_dir>/validation/summary.md`` compares every folder there.
 
 Determinism: reconstruction metrics decode the posterior MODE (its mean), so they are a property of the weights
 alone. Latent statistics, the map, the separability score and the cache use posterior samples (or means)
-with per-image fixed seeds (microdoppler_finetune.latent_cache.item_seed). Rerunning gives the same numbers.
+with per-image fixed seeds (microdoppler_finetune.latents.cache.item_seed). Rerunning gives the same numbers.
 """
 from __future__ import annotations
 
@@ -27,19 +27,32 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from microdoppler_finetune.evaluation.latents import (ChannelStatistics, embed_2d, latent_features,
-                                                      person_separability, save_latent_map, statistics_summary,
-                                                      subsample_positions)
-from microdoppler_finetune.evaluation.reconstruction import (LPIPSMetric, display_positions,
-                                                             evaluate_reconstruction, evenly_spaced_subset,
-                                                             format_number, json_safe, load_lpips_metric,
-                                                             metrics_markdown, save_reconstruction_figure)
-from microdoppler_finetune.export import (EXPORT_DIRNAME, export_encoder_for_dit, file_sha256, path_sha256,
-                                          vae_identity)
-from microdoppler_finetune.latent_cache import EncodedSplit, encode_split, write_latent_cache
+from microdoppler_finetune.data.dataset import evenly_spaced_subset
+from microdoppler_finetune.evaluation.latent_map import (
+    embed_2d,
+    latent_features,
+    person_separability,
+    save_latent_map,
+    subsample_positions,
+)
+from microdoppler_finetune.evaluation.reconstruction import (
+    LPIPSMetric,
+    display_positions,
+    evaluate_reconstruction,
+    format_number,
+    load_lpips_metric,
+    metrics_markdown,
+    save_reconstruction_figure,
+)
+from microdoppler_finetune.latents.build import CACHE_SPLITS, encode_manifest_splits
+from microdoppler_finetune.latents.cache import EncodedSplit, write_latent_cache
+from microdoppler_finetune.latents.export import EXPORT_DIRNAME, export_encoder_for_dit, vae_identity
+from microdoppler_finetune.latents.statistics import ChannelStatistics, statistics_summary
+from microdoppler_finetune.utils.files import atomic_write_json, file_sha256, path_sha256
+from microdoppler_finetune.utils.plain import to_plain
+from microdoppler_finetune.utils.tensors import pick_device
 
 METRIC_SPLITS = ("val", "test")
-CACHE_SPLITS = ("train", "val")
 PARTS = ("metrics", "stats", "export", "cache")
 
 
@@ -187,31 +200,8 @@ def alignment_note(choice: CheckpointChoice) -> Optional[str]:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"export.device={name}, but no CUDA GPU is available. Use --device cpu or auto.")
-    return device
-
-
-def _progress(label: str):
-    state = {"last": 0.0}
-
-    def report(done: int, total: int) -> None:
-        now = time.time()
-        if done == total or now - state["last"] > 15:
-            state["last"] = now
-            print(f"  {label}: {done}/{total} images", flush=True)
-
-    return report
-
-
 def _write_json(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(data), indent=2, default=str))
-    return path
+    return atomic_write_json(path, to_plain(data, finite=True))
 
 
 @dataclass
@@ -271,11 +261,10 @@ def run_metrics(ctx: Step5Context) -> dict:
             notes.append(f"The '{split}' split is empty: no metrics for it.")
             continue
         subset = evenly_spaced_subset(dataset, ctx.max_images)
-        print(f"Reconstruction metrics on '{split}' ({len(subset)} images)", flush=True)
         records = evaluate_reconstruction(
             lambda x: _reconstruct_mode(ctx.model, x), subset, batch_size=int(ctx.cfg.export.batch_size),
             device=ctx.device, lpips_metric=lpips_metric, num_workers=int(ctx.cfg.data.num_workers),
-            progress=_progress(split))
+            description=f"reconstruct {split}")
         splits[split] = records.summary(ctx.manifest.person_names, ctx.manifest.condition_names)
     metrics = {
         "checkpoint": str(ctx.choice.path.resolve()),
@@ -324,20 +313,10 @@ def write_reconstruction_figure(ctx: Step5Context) -> Optional[Path]:
 
 
 def encode_splits(ctx: Step5Context, splits) -> dict[str, EncodedSplit]:
-    flip = bool(ctx.cfg.data.flip)
-    encoded = {}
-    for split in splits:
-        dataset = ctx.dataset(split)
-        if len(dataset) == 0:
-            raise ValueError(f"The '{split}' split of {ctx.manifest_file} is empty; the latent statistics and cache "
-                             f"need train and val images. Re-split with step3 into a new --dataset_dir.")
-        subset = evenly_spaced_subset(dataset, ctx.max_images)
-        print(f"Encoding '{split}' ({len(subset)} images{', plus flipped copies' if flip else ''})", flush=True)
-        encoded[split] = encode_split(ctx.model, subset, split, sample_seed=int(ctx.cfg.export.sample_seed),
-                                      batch_size=int(ctx.cfg.export.batch_size), device=ctx.device,
-                                      flip_copies=flip, num_workers=int(ctx.cfg.data.num_workers),
-                                      progress=_progress(split))
-    return encoded
+    return encode_manifest_splits(ctx.model, ctx.manifest, splits, image_size=ctx.image_size,
+                                  sample_seed=int(ctx.cfg.export.sample_seed), batch_size=int(ctx.cfg.export.batch_size),
+                                  device=ctx.device, flip=bool(ctx.cfg.data.flip),
+                                  num_workers=int(ctx.cfg.data.num_workers), max_images=ctx.max_images)
 
 
 def latent_statistics(encoded_train: EncodedSplit) -> tuple[list, list, dict]:
@@ -431,7 +410,7 @@ def run_export(ctx: Step5Context, mean: list, std: list, metrics: Optional[dict]
         "metrics_summary": metrics if metrics is not None else "not computed (run step5 with --metrics)",
     }
     print(f"Exporting the encoder for the DiT to {out}", flush=True)
-    path = export_encoder_for_dit(ctx.model, out, latents_mean=mean, latents_std=std, info=json_safe(info))
+    path = export_encoder_for_dit(ctx.model, out, latents_mean=mean, latents_std=std, info=to_plain(info, finite=True))
     return {"export": str(path), "vae_identity": ctx.identity}
 
 
@@ -530,4 +509,4 @@ def run_step5(cfg: DictConfig, choice: CheckpointChoice, parts=PARTS, *, trust_p
             summary["cache"] = run_cache(ctx, encoded, mean, std)
     summary["seconds"] = round(time.time() - start, 1)
     _write_json(ctx.out_dir / "step5_summary.json", summary)
-    return json_safe(summary)
+    return to_plain(summary, finite=True)

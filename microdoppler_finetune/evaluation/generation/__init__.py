@@ -1,0 +1,1 @@
+"""How good the generated spectrograms are: feature-space distances, usefulness, identifiability, memorisation."""

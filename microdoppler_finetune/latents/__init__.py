@@ -1,0 +1,1 @@
+"""The VA-VAE's latent space for the DiT: the exported encoder, its latent statistics and the latent cache."""

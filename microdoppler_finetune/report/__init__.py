@@ -1,0 +1,1 @@
+"""What a run leaves for people to read: report.md / report.json (and the HTML report)."""
