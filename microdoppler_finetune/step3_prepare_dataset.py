@@ -3,8 +3,8 @@
     python microdoppler_finetune/step3_prepare_dataset.py --data_root DATA [--output_dir OUT] [--seed 0]
     python microdoppler_finetune/step3_prepare_dataset.py --kaggle      # finds the dataset under /kaggle/input
 
-Writes OUT/manifest.csv, user_labels.json, problems.csv/.json and split_summary.txt (OUT defaults to
-./work_dir/dataset, or /kaggle/working/work_dir/dataset with --kaggle). Nothing is written into DATA.
+Writes OUT/manifest.csv, user_labels.json, problems.csv/.json and split_summary.txt/.json (OUT defaults
+to ./work_dir/dataset, or /kaggle/working/work_dir/dataset with --kaggle). Nothing is written into DATA.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from microdoppler_finetune.data import DatasetError, discover_data_root, prepare_dataset
 from microdoppler_finetune.data.layouts import EXPECTED_LAYOUTS
 from microdoppler_finetune.data.prepare import DEFAULT_GAP_FRAMES, default_output_dir
+from microdoppler_finetune.data.splits import SPLIT_UNITS
 from microdoppler_finetune.environment import kaggle_input_root
 
 
@@ -33,12 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_fraction", type=float, default=0.15, help="share of images for validation (tuning)")
     p.add_argument("--test_fraction", type=float, default=0.15,
                    help="share of images for the test split, which nothing trains or tunes on")
+    p.add_argument("--split_unit", choices=SPLIT_UNITS, default="auto",
+                   help="auto: whole recordings when every split can get one per person and condition (even if "
+                        "the fractions are off), else contiguous blocks; recording: never cut a recording; "
+                        "block: always cut into blocks (default auto)")
     p.add_argument("--gap_frames", type=int, default=DEFAULT_GAP_FRAMES,
-                   help="frames left out where a split cuts through a recording, so overlapping neighbours do "
-                        f"not leak (default {DEFAULT_GAP_FRAMES})")
+                   help="minimum frames left out where a block cuts through a recording; the gap is the time "
+                        f"overlap of its frames measured from the images when larger (default {DEFAULT_GAP_FRAMES})")
     p.add_argument("--min_recordings", type=int, default=None,
-                   help="a person/condition needs this many recordings to be split by whole recordings; fewer: "
-                        "contiguous blocks with gaps (default: one per split, i.e. 3)")
+                   help="with --split_unit auto, a person/condition needs this many recordings to be split by "
+                        "whole recordings (default: one per split, i.e. 3)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2, nothing written) when the content check finds a val/test frame with a "
+                        "near copy in training")
     p.add_argument("--min_side", type=int, default=32, help="images with a smaller side are skipped (default 32)")
     p.add_argument("--max_side", type=int, default=4096, help="larger images are kept with a warning")
     p.add_argument("--workers", type=int, default=None, help="threads that open and hash images")
@@ -66,8 +74,9 @@ def main(argv=None) -> int:
             output_dir = default_output_dir(kaggle=args.kaggle)
         prepare_dataset(data_root, output_dir, seed=args.seed, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, gap_frames=args.gap_frames,
-                        min_recordings=args.min_recordings, min_side=args.min_side, max_side=args.max_side,
-                        overwrite=args.overwrite, workers=args.workers)
+                        split_unit=args.split_unit, min_recordings=args.min_recordings, strict=args.strict,
+                        min_side=args.min_side, max_side=args.max_side, overwrite=args.overwrite,
+                        workers=args.workers)
     except (DatasetError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

@@ -297,11 +297,16 @@ def test_split_fractions_by_image_count_and_one_recording_each_when_possible():
     assert report.method == "recordings"
     assert report.counts == {"train": 140, "val": 30, "test": 30, GAP: 0}
 
-    # Three equal recordings would make val and test 33% each: cut into blocks with gaps instead.
+    # Three equal recordings: whole recordings even though val and test get 33% each (the note says so) ...
     units = [SplitUnit(key=(r, f), recording=f"case{r}", order=(0, f, ())) for r in range(3) for f in range(50)]
     assignments, (report,) = split_cells({("ID_1", "default"): units}, seed=0, val_fraction=0.15,
                                          test_fraction=0.15, gap_frames=2)
-    assert report.method == "blocks" and "cut into blocks" in report.note
+    assert report.method == "recordings" and report.counts == {"train": 50, "val": 50, "test": 50, GAP: 0}
+    assert "whole recordings" in report.note and "--split_unit block" in report.note
+    # ... and cut into blocks with gaps only when asked to.
+    assignments, (report,) = split_cells({("ID_1", "default"): units}, seed=0, val_fraction=0.15,
+                                         test_fraction=0.15, gap_frames=2, split_unit="block")
+    assert report.method == "blocks"
     assert 20 <= report.counts["val"] <= 23 and 20 <= report.counts["test"] <= 23
     assert find_leaks(_rows({("ID_1", "default"): units}, assignments), 2) == []
 

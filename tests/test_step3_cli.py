@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,3 +119,47 @@ def test_step3_on_a_small_simulated_dataset(tmp_path):
         assert r["recording"] and r["frame"]
         assert split_of.setdefault((r["person"], r["recording"]), r["split"]) == r["split"]
     assert all(labels["counts"][s] > 0 for s in ("train", "val", "test"))
+    # the frame overlap is measured from the images: the simulator's 3-s frames start 0.5 s apart, so a frame
+    # overlaps its next 5 (here: all the others of its 3 or 4). A recording of 3 frames has 2 pairs only, which
+    # can both match better a stride off: then its overlap comes out smaller, never none.
+    summary = json.loads((out / "split_summary.json").read_text())
+    exact = [rec["overlapping_frames"] == min(5, rec["frames"] - 1) and
+             rec["overlap_fraction"] == pytest.approx(5 / 6, abs=0.02) for rec in summary["overlap"]]
+    assert sum(exact) >= 0.9 * len(exact) and all(rec["overlapping_frames"] > 0 for rec in summary["overlap"])
+    assert summary["leak_check"]["probable_leaks"] == []
+    assert "Frame overlap, measured from the images" in result.stdout
+
+
+def test_split_unit_block_and_strict(tmp_path):
+    from microdoppler_finetune.data.splits import SplitUnit, split_cells
+    from microdoppler_finetune.simulator import simulate_dataset
+
+    data = tmp_path / "simulated"
+    simulate_dataset(data, people=2, per_person=40, recordings_per_person=4, image_size=64, seed=0, workers=1,
+                     progress=False)
+    block = run(["--data_root", data, "--output_dir", tmp_path / "block", "--split_unit", "block"], cwd=tmp_path)
+    assert block.returncode == 0, block.stderr
+    assert "cut into blocks" in block.stdout and "gap frames at cuts" in block.stdout
+    assert json.loads((tmp_path / "block" / "user_labels.json").read_text())["split_unit"] == "block"
+    assert {r["split"] for r in read_rows(tmp_path / "block" / "manifest.csv")} == {"train", "val", "test", "gap"}
+
+    # ID_1's last recording replaced by its first one, exported again under the last one's name
+    names = sorted({p.name.split("_Doppler")[0] for p in (data / "ID_1").glob("*.jpg")})
+    first, last = names[0], names[-1]
+    for path in (data / "ID_1").glob(f"{first}_Doppler*.jpg"):
+        with Image.open(path) as img:
+            img.save(path.with_name(path.name.replace(first, last)), quality=90)
+    units = [SplitUnit((r, f), r.split("_", 1)[1], (0, f, ())) for r in names for f in range(10)]
+    for seed in range(50):  # a seed that puts one copy in training and the other in val/test
+        assignments, _ = split_cells({("ID_1", "default"): units}, seed=seed, val_fraction=0.15, test_fraction=0.15)
+        if sorted([assignments[(first, 0)].split == "train", assignments[(last, 0)].split == "train"]) == [0, 1]:
+            break
+    strict = run(["--data_root", data, "--output_dir", tmp_path / "strict", "--seed", seed, "--strict"], cwd=tmp_path)
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    assert "exported twice" in strict.stderr and "without --strict" in strict.stderr
+    assert not (tmp_path / "strict" / "manifest.csv").exists()
+    warned = run(["--data_root", data, "--output_dir", tmp_path / "strict", "--seed", seed], cwd=tmp_path)
+    assert warned.returncode == 0 and "WARNING" in warned.stdout
+    leaks = json.loads((tmp_path / "strict" / "split_summary.json").read_text())["leak_check"]["probable_leaks"]
+    assert len(leaks) == 10 and {leak["train_recording"].split("/")[1] for leak in leaks} <= {
+        first.split("_", 1)[1], last.split("_", 1)[1]}

@@ -5,32 +5,46 @@ Output folder (never inside the data folder):
     user_labels.json    person/condition names <-> ids, data_root, settings, counts
     problems.json/.csv  every file that was skipped or kept with a warning, and why
     split_summary.txt   the printed split summary
+    split_summary.json  the same per cell, the frame overlap measured per recording and the gaps used, and
+                        the content leak check (leak_check.py)
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 from ..environment import default_work_dir, kaggle_input_root
-from .errors import ManifestExistsError, NoUsableImagesError, OutputInsideDataError, UnknownLayoutError
+from .errors import DatasetError, ManifestExistsError, NoUsableImagesError, OutputInsideDataError, UnknownLayoutError
 from .layouts import EXPECTED_LAYOUTS, find_dataset_roots, natural_key, scan_dataset
+from .leak_check import LeakReport, check_leaks
 from .manifest import LABELS_FILE, MANIFEST_FILE, MANIFEST_FORMAT, render_manifest_csv, sha256_text, write_text_atomic
-from .splits import GAP, SPLITS, SplitUnit, check_fractions, find_leaks, frame_order, split_cells
+from .overlap import MATCH_CORRELATION, features, load_thumbnails, measure_overlap
+from .splits import GAP, SPLITS, SplitUnit, check_fractions, check_split_unit, find_leaks, frame_order, split_cells
 from .validation import REASONS, SKIPPED, ValidationResult, validate_images
 
 PROBLEMS_JSON = "problems.json"
 PROBLEMS_CSV = "problems.csv"
 SUMMARY_FILE = "split_summary.txt"
-DEFAULT_GAP_FRAMES = 2
+SUMMARY_JSON = "split_summary.json"
+SUMMARY_FORMAT = "microdoppler-split-summary/1"
+DEFAULT_GAP_FRAMES = 0  # a minimum only: the gap at a cut is the overlap measured from the images
+MAX_LEAK_LINES = 10  # leak groups printed; split_summary.json has them all
 SPLIT_RULES = (
-    "Stratified by (person, condition). Cells with at least min_recordings recordings are split by whole "
-    "recordings; smaller cells (and names without recordings) are cut into one contiguous block per split, "
-    "leaving gap_frames frames out (split 'gap') wherever a cut falls inside a recording."
+    "Stratified by (person, condition). split_unit auto: cells with at least min_recordings recordings are "
+    "split by whole recordings (fractions may be off); smaller cells (and names without recordings) are cut "
+    "into one contiguous block per split, leaving out (split 'gap') the frames at a cut inside a recording "
+    "that overlap the other side in time (measured from the images, at least gap_frames). recording: never "
+    "cut; block: always cut. Afterwards val/test frames are compared by content with the training frames."
 )
+
+
+class SplitLeakError(DatasetError):
+    """--strict: the content check found val/test frames with a near copy in training."""
 
 
 def default_output_dir(kaggle: bool = False) -> Path:
@@ -107,6 +121,14 @@ def problems_summary(validation: ValidationResult, limit: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _cell_note(report) -> str:
+    parts = [report.note] if report.note else []
+    if report.gaps:
+        cuts = ", ".join(f"{rec or '(unnamed)'} {n}" for rec, n in report.gaps.items())
+        parts.append(f"gap frames at cuts: {cuts}")
+    return " ".join(parts)
+
+
 def split_summary_text(rows: list, reports: list, person_names: list, condition_names: list,
                        val_fraction: float, test_fraction: float) -> str:
     per_person = {p: Counter() for p in person_names}
@@ -137,15 +159,100 @@ def split_summary_text(rows: list, reports: list, person_names: list, condition_
         lines.append("condition".ljust(width) + "".join(c.rjust(7) for c in cols))
         for c in condition_names:
             lines.append(c.ljust(width) + "".join(str(per_condition[c][s]).rjust(7) for s in cols))
-    notes = [f"  {r.person}/{r.condition}: {r.note}" for r in reports if r.note]
+    notes = [f"  {r.person}/{r.condition}: {_cell_note(r)}" for r in reports if r.note or r.gaps]
     if notes:
         lines.append("Notes:")
         lines.extend(notes)
     return "\n".join(lines)
 
 
+def measure_overlaps(validation: ValidationResult, thumbnails: dict) -> dict:
+    """{(person, condition, recording): RecordingOverlap} of every recording, frames in frame/name order."""
+    recordings: dict = {}
+    for image, _ in validation.usable:
+        recordings.setdefault((image.person, image.condition, image.recording), []).append(image)
+    measured = {}
+    for key, images in recordings.items():
+        images.sort(key=lambda im: frame_order(im.frame, Path(im.rel_path).name))
+        measured[key] = measure_overlap(features([thumbnails[im.rel_path] for im in images]))
+    return measured
+
+
+def _with_positions(rows: list) -> list:
+    """Rows (sorted by recording, then frame order) with each frame's index within its recording."""
+    out, last, position = [], None, 0
+    for row in rows:
+        key = (row["person"], row["condition"], row["recording"])
+        position = position + 1 if key == last else 0
+        out.append(dict(row, position=position))
+        last = key
+    return out
+
+
+def overlap_summary_text(overlaps: dict, gap_frames: int, reports: list) -> str:
+    measurable = [o for o in overlaps.values() if o.pairs > 0]
+    if not measurable:
+        return "Frame overlap: every recording has a single frame; nothing to measure."
+    overlapping = [o for o in measurable if o.overlapping_frames > 0]
+    lines = [f"Frame overlap, measured from the images ({len(measurable)} recordings with 2+ frames):"]
+    if overlapping:
+        shares = sorted(o.overlap_fraction for o in overlapping)
+        frames = sorted(o.overlapping_frames for o in overlapping)
+        lines.append(f"  {len(overlapping)} recording(s): consecutive frames share {shares[len(shares) // 2]:.1%} of "
+                     f"their time span (median; {shares[0]:.1%}-{shares[-1]:.1%}), so a frame overlaps its next "
+                     f"{frames[len(frames) // 2]} ({frames[0]}-{frames[-1]}).")
+    if len(overlapping) < len(measurable):
+        lines.append(f"  {len(measurable) - len(overlapping)} recording(s): consecutive frames do not overlap "
+                     f"(independent snapshots, or frame numbers that do not follow time).")
+    block_cells = [r for r in reports if r.method == "blocks"]
+    if not block_cells:
+        lines.append("  No recording was cut (whole recordings per split): no gap needed.")
+    else:
+        left_out = sum(n for r in block_cells for n in r.gaps.values())
+        lines.append(f"  {len(block_cells)} person/condition cell(s) cut into blocks; each cut inside a recording "
+                     f"leaves out the frames that overlap across it (at least --gap_frames {gap_frames}): "
+                     f"{left_out} gap frame(s) in all; per recording in {SUMMARY_JSON}.")
+    return "\n".join(lines)
+
+
+def leak_summary_text(report: LeakReport) -> str:
+    baseline = report.baseline
+    rule = f"{1 - MATCH_CORRELATION:.2f}, the most a shifted copy scores"
+    if baseline.get("p5") is not None:
+        rule += (f", and a quarter of the 5th percentile ({baseline['p5']:.3f}) of nearest distances between "
+                 f"{baseline['between']}")
+    head = (f"Content leak check: {report.checked} val/test frame(s) aligned with the training frames of the same "
+            f"person; a probable leak is closer than {report.threshold:.3f} (1 - correlation; the smaller of {rule})")
+    if not report.leaks:
+        return head + ". Probable leaks: none."
+    groups = report.groups()
+    lines = [head + f". WARNING: {len(report.leaks)} probable leak(s) (all in {SUMMARY_JSON}):"]
+    lines.extend(f"  {line}" for line in groups[:MAX_LEAK_LINES])
+    if len(groups) > MAX_LEAK_LINES:
+        lines.append(f"  ... {len(groups) - MAX_LEAK_LINES} more in {SUMMARY_JSON}")
+    return "\n".join(lines)
+
+
+def split_summary_json(rows: list, reports: list, overlaps: dict, leak_report: LeakReport, settings: dict,
+                       gap_frames: int) -> dict:
+    cut = {(r.person, r.condition, rec): n for r in reports for rec, n in r.gaps.items()}
+    return {
+        "format": SUMMARY_FORMAT,
+        "settings": settings,
+        "counts": {s: sum(1 for r in rows if r["split"] == s) for s in (*SPLITS, GAP)},
+        "cells": [{"person": r.person, "condition": r.condition, "images": r.images, "recordings": r.recordings,
+                   "method": r.method, "counts": r.counts, "note": r.note} for r in reports],
+        "overlap": [{"person": p, "condition": c, "recording": rec, **o.to_dict(),
+                     "gap_at_a_cut": max(gap_frames, o.overlapping_frames),
+                     "gap_frames_left_out": cut.get((p, c, rec), 0)}
+                    for (p, c, rec), o in overlaps.items()],
+        "leak_check": leak_report.to_dict(),
+    }
+
+
 def _build_rows(validation: ValidationResult, person_names: list, condition_names: list, *, seed: int,
-                val_fraction: float, test_fraction: float, gap_frames: int, min_recordings: Optional[int]):
+                val_fraction: float, test_fraction: float, gap_frames: int, gaps: dict, split_unit: str,
+                min_recordings: Optional[int]):
     person_id = {p: i for i, p in enumerate(person_names)}
     condition_id = {c: i for i, c in enumerate(condition_names)}
     cells: dict = {}
@@ -157,7 +264,8 @@ def _build_rows(validation: ValidationResult, person_names: list, condition_name
             SplitUnit(key=image.rel_path, recording=image.recording,
                       order=frame_order(image.frame, Path(image.rel_path).name)))
     assignments, reports = split_cells(cells, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                                       gap_frames=gap_frames, min_recordings=min_recordings)
+                                       gap_frames=gap_frames, gaps=gaps, split_unit=split_unit,
+                                       min_recordings=min_recordings)
     rows = []
     for image, check in (items[k] for k in items):
         a = assignments[image.rel_path]
@@ -190,16 +298,23 @@ def _refuse_overwrite(manifest_path: Path, new_text: str, new_settings: dict) ->
 
 def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, None] = None, *, seed: int = 0,
                     val_fraction: float = 0.15, test_fraction: float = 0.15,
-                    gap_frames: int = DEFAULT_GAP_FRAMES, min_recordings: Optional[int] = None,
+                    gap_frames: int = DEFAULT_GAP_FRAMES, split_unit: str = "auto",
+                    min_recordings: Optional[int] = None, strict: bool = False,
                     min_side: int = 32, max_side: int = 4096, overwrite: bool = False,
                     workers: Optional[int] = None, log: Optional[Callable[[str], None]] = print) -> Path:
     """Scan, validate and split ``data_root`` once; write the manifest into ``output_dir``; return its path.
 
+    ``split_unit``: auto, recording or block (splits.py); ``gap_frames``: minimum frames left out at a cut
+    inside a recording (the overlap measured from the images decides above it); ``strict``: stop when the
+    content check finds a probable leak.
     Raises UnknownLayoutError, NoUsableImagesError (a person has no usable image), OutputInsideDataError,
-    ManifestExistsError (a different manifest is already there and ``overwrite`` is False).
+    ManifestExistsError (a different manifest is already there and ``overwrite`` is False), SplitLeakError.
     """
     log = log or (lambda _msg: None)
     check_fractions(val_fraction, test_fraction)
+    check_split_unit(split_unit)
+    if gap_frames < 0:
+        raise ValueError(f"gap_frames must be >= 0, got {gap_frames}")
     data_root = Path(data_root).expanduser().resolve()
     output_dir = Path(output_dir if output_dir is not None else default_output_dir()).expanduser().resolve()
     _refuse_output_inside(data_root, output_dir)
@@ -216,15 +331,31 @@ def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, No
     person_names = list(scan.persons)
     used_conditions = {image.condition for image, _ in validation.usable}
     condition_names = [c for c in scan.conditions if c in used_conditions]
+    started = time.perf_counter()
+    thumbnails = dict(zip((im.rel_path for im, _ in validation.usable),
+                          load_thumbnails([im.path for im, _ in validation.usable], workers=workers)))
+    overlaps = measure_overlaps(validation, thumbnails)
+    gaps = {key: o.overlapping_frames for key, o in overlaps.items()}
     rows, reports = _build_rows(validation, person_names, condition_names, seed=seed, val_fraction=val_fraction,
-                                test_fraction=test_fraction, gap_frames=gap_frames, min_recordings=min_recordings)
-    leaks = find_leaks(rows, gap_frames)
+                                test_fraction=test_fraction, gap_frames=gap_frames, gaps=gaps,
+                                split_unit=split_unit, min_recordings=min_recordings)
+    leaks = find_leaks(rows, gap_frames, gaps)
     if leaks:  # a bug in splits.py, never the user's data: stop before anything is written
         raise RuntimeError("The split leaks (please report this): " + "; ".join(leaks[:5]))
+    leak_report = check_leaks(_with_positions(rows), thumbnails, {key: o.hop_columns for key, o in overlaps.items()})
+    del thumbnails
+    overlap_text = overlap_summary_text(overlaps, gap_frames, reports)
+    leak_text = leak_summary_text(leak_report)
+    log(f"Measured the frame overlap and checked the split by content in {time.perf_counter() - started:.1f} s.")
+    if strict and leak_report.leaks:
+        raise SplitLeakError(
+            f"--strict: the split of {data_root} has {len(leak_report.leaks)} val/test frame(s) with a near copy "
+            f"in training.\n{leak_text}\nNothing was written. Fix the data as suggested, or rerun without "
+            f"--strict to write the split with the full list in {output_dir / SUMMARY_JSON}.")
     manifest_text = render_manifest_csv(rows)
 
     settings = {"data_root": str(data_root), "seed": int(seed), "val_fraction": float(val_fraction),
-                "test_fraction": float(test_fraction), "gap_frames": int(gap_frames),
+                "test_fraction": float(test_fraction), "gap_frames": int(gap_frames), "split_unit": split_unit,
                 "min_recordings": min_recordings, "min_side": int(min_side), "max_side": int(max_side)}
     manifest_path = output_dir / MANIFEST_FILE
     if manifest_path.is_file() and not overwrite:
@@ -253,15 +384,19 @@ def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, No
         "manifest_sha256": sha256_text(manifest_text),
         "split_rules": SPLIT_RULES,
     }
-    summary = split_summary_text(rows, reports, person_names, condition_names, val_fraction, test_fraction)
+    summary = "\n".join([split_summary_text(rows, reports, person_names, condition_names, val_fraction,
+                                            test_fraction), overlap_text, leak_text])
+    summary_json = split_summary_json(rows, reports, overlaps, leak_report, settings, gap_frames)
 
     # manifest.csv last: its presence means the whole set was written.
     write_text_atomic(output_dir / PROBLEMS_JSON,
                       json.dumps([p.to_dict() for p in validation.problems], indent=2) + "\n")
     write_text_atomic(output_dir / PROBLEMS_CSV, _problems_csv(validation))
     write_text_atomic(output_dir / SUMMARY_FILE, summary + "\n")
+    write_text_atomic(output_dir / SUMMARY_JSON, json.dumps(summary_json, indent=2) + "\n")
     write_text_atomic(output_dir / LABELS_FILE, json.dumps(labels, indent=2) + "\n")
     write_text_atomic(manifest_path, manifest_text)
     log(summary)
-    log(f"Wrote {manifest_path} ({len(rows)} rows), {output_dir / LABELS_FILE}, {output_dir / PROBLEMS_CSV}")
+    log(f"Wrote {manifest_path} ({len(rows)} rows), {output_dir / LABELS_FILE}, {output_dir / PROBLEMS_CSV}, "
+        f"{output_dir / SUMMARY_JSON}")
     return manifest_path
