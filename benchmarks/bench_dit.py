@@ -2,12 +2,12 @@
 
     python benchmarks/bench_dit.py                                   # mini preset, 8x8x32 latents (CPU demo size)
     python benchmarks/bench_dit.py --preset S/2 --latent_size 16 --batch 32
-    python benchmarks/bench_dit.py --preset XL/1 --latent_size 16 --batch 16 --sample_steps 250 --cfg_scale 6.7
+    python benchmarks/bench_dit.py --preset XL/1 --latent_size 16 --batch 16 --num_sampling_steps 250 --cfg_scale 6.7
     python benchmarks/bench_dit.py --counts_only
 
 Training step = forward + backward + AdamW step of the flow-matching loss (logit-normal t, cosine term), the
-DiT trainer's work per batch without data loading. Sampling = Euler/Heun ODE from noise with the given steps
-and guidance (guided steps run a doubled batch). Weights are random: timing does not depend on them.
+DiT trainer's work per batch without data loading. Sampling = Euler/Heun ODE from noise over --num_sampling_steps
+grid points (the release's count: 250 points = 249 steps) with guidance (guided steps run a doubled batch). Weights are random: timing does not depend on them.
 Prints one JSON line per measurement and writes them all to --out if given.
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="training batch and sampling batch")
     parser.add_argument("--train_steps", type=int, default=3, help="timed training steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--sample_steps", type=int, default=10, help="ODE steps per sample (250 for the release)")
+    parser.add_argument("--num_sampling_steps", type=int, default=11,
+                        help="ODE grid points per sample, as the release counts them (250 = 249 steps)")
     parser.add_argument("--method", default="euler", choices=["euler", "heun"])
     parser.add_argument("--cfg_scale", type=float, default=1.0)
     parser.add_argument("--cfg_interval_start", type=float, default=0.125)
@@ -115,13 +116,14 @@ def time_sampling(model, args, device) -> dict:
     synchronize(device)
     start = time.perf_counter()
     with autocast(device, args.precision):
-        sample_ode(velocity, noise, num_steps=args.sample_steps, method=args.method,
+        sample_ode(velocity, noise, num_sampling_steps=args.num_sampling_steps, method=args.method,
                    timestep_shift=args.timestep_shift, cfg_scale=args.cfg_scale,
                    cfg_interval_start=args.cfg_interval_start)
     synchronize(device)
     elapsed = time.perf_counter() - start
     return {"what": "sampling", "seconds_per_image": elapsed / args.batch,
-            "seconds_per_image_per_step": elapsed / args.batch / args.sample_steps, "seconds_total": elapsed}
+            "seconds_per_image_per_step": elapsed / args.batch / (args.num_sampling_steps - 1),
+            "ode_steps": args.num_sampling_steps - 1, "seconds_total": elapsed}
 
 
 def main(argv=None) -> list[dict]:

@@ -8,7 +8,8 @@ measurement (torch.cuda.max_memory_allocated) when a CUDA GPU is present.
 Settings: full (every parameter trains), freeze (person/condition tables only), lora16 (frozen backbone + LoRA
 rank 16 on qkv/proj/w12/w3 + tables), lora16+last4 (as lora16, and the last 4 blocks unfrozen).
 
-Estimate (bytes): weights 4·P (fp32 master weights, autocast) + EMA copy 4·P (the trainer keeps a full EMA model)
+Estimate (bytes): weights 4·P (fp32 master weights, autocast) + EMA copy 4·P (diffusers' EMAModel keeps a shadow
+copy of every parameter)
 + gradients 4·T + AdamW states 8·T (T = trainable parameters) + autocast's 16-bit weight copies 2·P (fp16/bf16)
 + activations. Activations per block and sample
 ≈ k·N·D bytes (N tokens, D width) with k = 50 in fp16/bf16 and 100 in fp32 (adaLN-modulated pre-norm block,
@@ -86,7 +87,7 @@ def estimate_bytes(model, setting: str, batch: int, precision: str, checkpointin
 def measure_peak(preset: str, setting: str, batch: int, precision: str, checkpointing: bool, latent_size: int,
                  channels: int, persons: int, conditions: int, steps: int = 3) -> dict:
     """Real training steps on the GPU (the trainer's pieces: LoRA, trainable rule, EMA, AdamW, autocast)."""
-    from microdoppler_finetune.dit.ema import EMA
+    from microdoppler_finetune.dit.ema import DiTEMA
     from microdoppler_finetune.dit.finetune import LoraSettings, TrainableRule, apply_lora, apply_trainable_rule
     from microdoppler_finetune.dit.objective import sample_timesteps, velocity_loss_per_sample
     from models.dit import create_dit
@@ -108,7 +109,7 @@ def measure_peak(preset: str, setting: str, batch: int, precision: str, checkpoi
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95))
-    ema = EMA(model, 0.9999)
+    ema = DiTEMA(model, 0.9999)
     amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     timings = []
@@ -128,7 +129,7 @@ def measure_peak(preset: str, setting: str, batch: int, precision: str, checkpoi
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        ema.update(model)
+        ema.step(model)
         torch.cuda.synchronize()
         timings.append(time.time() - tick)
     peak = torch.cuda.max_memory_allocated()

@@ -216,7 +216,7 @@ class DiTTrainConfig:
     val_seed: int = 1234  # fixed noise and timesteps of the validation loss
     val_timesteps: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     max_nonfinite_in_a_row: int = 5  # skipped steps with a non-finite loss before training stops
-    grid_steps: int = 50  # sampler steps of the training-time sample grids
+    grid_steps: int = 50  # Euler steps of the training-time sample grids (= their num_sampling_steps - 1)
     grid_per_person: int = 4
 
 
@@ -225,11 +225,14 @@ class DiTSampleConfig:
     """Generation with a trained DiT (sample_dit.py); the sampler defaults are the release's."""
 
     per_person: int = 16
-    steps: int = 250
+    # GRID POINTS of the ODE, counted as the release's num_sampling_steps: 250 points = 249 Euler steps.
+    num_sampling_steps: int = 250
+    # DEPRECATED (configs written before num_sampling_steps): Euler steps; when set, num_sampling_steps = steps + 1.
+    steps: Optional[int] = None
     sampler: str = "euler"  # euler | heun
-    cfg_scale: float = 6.7
+    cfg_scale: float = 6.7  # <= 1: no guidance (the release's rule)
     cfg_interval_start: float = 0.125  # guidance only for t above this (t=0 is noise)
-    shift: float = 0.3  # timestep shift s: t' = s*t / (1 + (s-1)*t)
+    shift: float = 0.3  # timestep shift s: t' = s*t / (1 + (s-1)*t); <= 0: no shift (the release's rule)
     seed: int = 0
     batch_size: int = 16
     image_size: Optional[int] = None  # None: the size the latent cache was encoded at

@@ -7,9 +7,11 @@
     python microdoppler_finetune/sample_dit.py ... --conditions all --pairs unseen
 
 Writes <out>/ID_n/IDn_gen{seed}_Doppler{k}.jpg (or <out>/<Condition>/ID_n/... with --conditions), a
-generation_info.json and __grid_by_person.jpg. --checkpoint may also be the training folder (<work_dir>/dit or
-its checkpoints/): the checkpoint with the highest step is used. Sampler defaults come from the config
-(dit.sample: the release's Euler, 250 steps, CFG 6.7 from t >= 0.125, shift 0.3).
+generation_info.json and __grid_by_person.jpg. --checkpoint may be a {step:07d}.pt checkpoint, the exported
+folder <work_dir>/dit/pretrained (LightningDiT.from_pretrained; EMA weights), or the training folder
+(<work_dir>/dit: its pretrained/ export, or a later checkpoint when there is one; <work_dir>/dit/checkpoints: the
+highest step). Sampler defaults come from the config (dit.sample: the release's Euler ODE with
+--num_sampling_steps 250 grid points = 249 steps, CFG 6.7 from t >= 0.125, shift 0.3).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from microdoppler_finetune.config import PRESETS, load_config
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sample_dit.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="{step:07d}.pt from train_conditional_dit.py, or its folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="{step:07d}.pt from train_conditional_dit.py, its pretrained/ export, or the run folder")
     p.add_argument("--vae_encoder", required=True, help="the exported encoder folder the DiT was trained with")
     p.add_argument("--out", required=True, help="output folder (dataset layout)")
     p.add_argument("--per_person", type=int, help="images per person (per condition with --conditions)")
@@ -34,11 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "condition (condition-free samples)")
     p.add_argument("--pairs", choices=("all", "seen", "unseen"), default="all",
                    help="with --conditions: every pair, or only pairs (not) present in the training split")
-    p.add_argument("--steps", type=int, help="ODE steps")
+    p.add_argument("--num_sampling_steps", type=int,
+                   help="grid points of the ODE, as the release counts them: 250 = 249 Euler steps")
+    p.add_argument("--steps", type=int, help="DEPRECATED: Euler steps (= num_sampling_steps - 1); use "
+                   "--num_sampling_steps")
     p.add_argument("--sampler", choices=("euler", "heun"))
-    p.add_argument("--cfg_scale", type=float)
+    p.add_argument("--cfg_scale", type=float, help="guidance scale; <= 1: no guidance")
     p.add_argument("--cfg_interval_start", type=float)
-    p.add_argument("--shift", type=float, help="timestep shift s of t' = s*t / (1 + (s-1)*t)")
+    p.add_argument("--shift", type=float, help="timestep shift s of t' = s*t / (1 + (s-1)*t); <= 0: no shift")
     p.add_argument("--seed", type=int)
     p.add_argument("--batch_size", type=int)
     p.add_argument("--image_size", type=int, help="written JPG size (default: the size the cache was encoded at)")
@@ -53,34 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_checkpoint(path: str) -> Path:
-    from microdoppler_finetune.dit.checkpointing import CHECKPOINT_DIRNAME, latest_checkpoint
+    """--checkpoint as one loadable path: a {step:07d}.pt file or a pretrained/ folder."""
+    from microdoppler_finetune.dit.export import resolve_trained_dit
 
-    path = Path(path)
-    if path.is_dir():
-        folder = path / CHECKPOINT_DIRNAME if (path / CHECKPOINT_DIRNAME).is_dir() else path
-        found = latest_checkpoint(folder)
-        if found is None:
-            raise SystemExit(f"No {{step:07d}}.pt checkpoint in {folder}.")
-        return found
-    if not path.is_file():
-        raise SystemExit(f"--checkpoint {path} does not exist.")
-    return path
+    try:
+        return resolve_trained_dit(path)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     from microdoppler_finetune.dit.sampling import SamplerSettings, generate_dataset
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.steps is not None and args.num_sampling_steps is not None:
+        raise SystemExit("Pass --num_sampling_steps (grid points) or the deprecated --steps (Euler steps), not both.")
     s = load_config(args.preset, args.config, list(args.overrides)).dit.sample
-    settings = SamplerSettings(
-        steps=args.steps if args.steps is not None else int(s.steps),
-        sampler=args.sampler or str(s.sampler),
-        cfg_scale=args.cfg_scale if args.cfg_scale is not None else float(s.cfg_scale),
-        cfg_interval_start=(args.cfg_interval_start if args.cfg_interval_start is not None
-                            else float(s.cfg_interval_start)),
-        shift=args.shift if args.shift is not None else float(s.shift),
-        seed=args.seed if args.seed is not None else int(s.seed),
-        batch_size=args.batch_size if args.batch_size is not None else int(s.batch_size))
+    settings = SamplerSettings.from_config(
+        s, num_sampling_steps=args.num_sampling_steps, steps=args.steps, sampler=args.sampler,
+        cfg_scale=args.cfg_scale, cfg_interval_start=args.cfg_interval_start, shift=args.shift, seed=args.seed,
+        batch_size=args.batch_size)
     info = generate_dataset(
         resolve_checkpoint(args.checkpoint), args.vae_encoder, args.out,
         per_person=args.per_person if args.per_person is not None else int(s.per_person),

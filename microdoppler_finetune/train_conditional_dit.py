@@ -11,8 +11,10 @@
         --freeze_backbone --lora_rank 16 --dropout 0.15 --contrastive_weight 0.3 --lr 1e-4
 
 Reads <work_dir>/latents (built from the manifest with the exported encoder when missing), trains in
-<work_dir>/dit, writes checkpoints/{step:07d}.pt, train_log.csv/.jsonl and samples/grid_*.jpg. Rerunning the
-same command resumes from the checkpoint with the highest step; --time_budget saves and stops cleanly.
+<work_dir>/dit, writes checkpoints/{step:07d}.pt, train_log.csv/.jsonl, tensorboard/ (tensorboard --logdir
+<work_dir>/dit/tensorboard) and samples/grid_*.jpg, and when training ends (or the time budget stops it)
+pretrained/: the EMA model as a diffusers folder (LightningDiT.from_pretrained) with sampling_info.json. Rerunning
+the same command resumes from the checkpoint with the highest step; --time_budget saves and stops cleanly.
 """
 from __future__ import annotations
 

@@ -490,8 +490,9 @@ class LightningDiT(ModelMixin, ConfigMixin):
                          cfg_interval_start: float = 0.0, guide: str = "both") -> torch.Tensor:
         """Classifier-free guided velocity on ALL channels: v_u + s·(v_c − v_u) where t >= cfg_interval_start,
         the conditional v_c elsewhere (guidance near pure noise hurts). x: B x C x H x W, unbatched by the caller.
+        cfg_scale <= 1: no guidance (the plain conditional velocity), as in the release.
         """
-        if cfg_scale == 1.0:
+        if cfg_scale <= 1.0:  # the release's rule: a scale <= 1 means no guidance
             return self.forward(x, t, person, condition)
         v_cond, v_uncond = self.forward_cond_uncond(x, t, person, condition, guide)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
@@ -600,7 +601,9 @@ def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
     """Architecture from weight shapes (no stored config): sizes, table sizes and which features are present.
 
     num_heads comes from the RoPE table (head size) or the qk-norm weight; without either, from the preset
-    with the same depth and width (pass num_heads= to load_dit to override).
+    with the same depth and width (pass num_heads= to load_dit to override). num_classes assumes the class table
+    ends with a null row (trained with label dropout); load_dit_state_dict logs that assumption, and
+    ``num_classes=<rows>`` reads a table without one.
     """
     state = strip_wrapper_prefixes(state_dict)
 
@@ -739,6 +742,40 @@ _LOAD_HINT = ("If the architecture was inferred or given wrongly, pass the right
               "table) is adapted with adapt_class_embedding() after loading the checkpoint as it is.")
 
 
+PERSON_TABLE_KEY = "y_embedder.embedding_table.weight"
+
+
+def _fit_person_table(state: dict, num_classes: int, source: str, *, assumed: bool) -> tuple[dict, dict]:
+    """The person (class) table for a model of ``num_classes`` classes + a null row; {reason: keys} of what changed.
+
+    The release's LabelEmbedder has the null row only when it was trained with label dropout
+    (``class_dropout_prob > 0``): a table of exactly ``num_classes`` rows has none. Our model always has one, so a
+    null row is added (the mean of the class rows: the "average class"); the class rows, hence every conditional
+    prediction, are the checkpoint's. Guidance with that row is not something the checkpoint learned: fine-tune
+    with label dropout before guiding. ``assumed``: the class count was inferred from the table (no stored config)
+    by assuming a null row, which is said in the log.
+    """
+    table = state.get(PERSON_TABLE_KEY)
+    if table is None:
+        return state, {}
+    rows = int(table.shape[0])
+    if rows == num_classes + 1:
+        if assumed:
+            logger.info("%s: no stored config; the %d-row class table is taken as %d classes + the null row (the "
+                        "release's layout with label dropout). A checkpoint trained without label dropout has no "
+                        "null row: load it with num_classes=%d.", source, rows, num_classes, rows)
+        return state, {}
+    if rows != num_classes:
+        return state, {}  # neither layout: the key report names the shape mismatch
+    logger.warning("%s: the class table has %d rows for num_classes=%d, i.e. no null row (trained without label "
+                   "dropout). Added one (the mean of the class rows) so the model has its usual layout; conditional "
+                   "predictions are unchanged, but guidance (cfg_scale > 1) has no learned unconditional branch.",
+                   source, rows, num_classes)
+    state = dict(state)
+    state[PERSON_TABLE_KEY] = torch.cat([table, table.float().mean(0, keepdim=True).to(table.dtype)])
+    return state, {"no null row in the checkpoint: null row added (mean of the class rows)": [PERSON_TABLE_KEY]}
+
+
 def load_dit_state_dict(state_dict: Mapping[str, torch.Tensor], *, source: str = "state_dict",
                         config: Optional[Mapping[str, Any]] = None, **config_overrides) -> LightningDiT:
     """Build a LightningDiT for ``state_dict`` (config given or inferred, then overridden) and load it checked."""
@@ -748,8 +785,11 @@ def load_dit_state_dict(state_dict: Mapping[str, torch.Tensor], *, source: str =
     else:
         kwargs, how = _check_kwargs(config, source), "stored config"
     kwargs.update(_check_kwargs(config_overrides, f"{source} (overrides)"))
+    assumed = config is None and "num_classes" not in config_overrides
+    state, table_notes = _fit_person_table(state, int(kwargs.get("num_classes", 1000)), source, assumed=assumed)
     model = LightningDiT(**kwargs)
     filtered, notes = _filter_with_notes(state, model)
+    notes.update(table_notes)
     model.load_report = load_state_dict_checked(model, filtered, source=f"{source} [architecture {how}]",
                                                 ignored=notes, hint=_LOAD_HINT)
     model.eval()

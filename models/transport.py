@@ -5,7 +5,8 @@ model predicts the velocity dx_t/dt = x1 − x0. Training draws t uniformly or l
 "lognormal": t = sigmoid(n), n ~ N(mean, std²)) and regresses the velocity with a per-sample MSE, plus an
 optional cosine term. Sampling integrates dx/dt = v(x, t) from t = 0 (noise) to t = 1 with Euler or Heun steps
 on a grid warped by the timestep shift t' = s·t / (1 + (s − 1)·t), optionally with classifier-free guidance
-inside an interval.
+inside an interval. The release's conventions hold: ``num_sampling_steps`` counts GRID POINTS (250 = 249 Euler
+steps), a shift <= 0 means no shift, a guidance scale <= 1 no guidance.
 
 Nothing here knows the model class: training takes ``model_fn(x_t, t, **kwargs) -> v`` and sampling takes
 ``velocity_fn(x, t) -> v`` (and, for guidance, ``velocity_fn(x, t, with_uncond=True) -> (v_cond, v_uncond)``;
@@ -117,22 +118,45 @@ class Transport:
 
 
 def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """t' = s·t / (1 + (s − 1)·t): keeps 0 and 1 fixed; s < 1 puts more steps near t = 0 (noise), s > 1 near 1."""
+    """t' = s·t / (1 + (s − 1)·t): keeps 0 and 1 fixed; s < 1 puts more steps near t = 0 (noise), s > 1 near 1.
+
+    The formula itself needs s > 0; the samplers read s <= 0 as "no shift" (as the release does) and never call
+    this then.
+    """
     if shift <= 0:
         raise ValueError(f"timestep shift must be > 0 (1 = no shift), got {shift}")
     return shift * t / (1 + (shift - 1) * t)
 
 
-def sampling_grid(num_steps: int = 250, timestep_shift: float = 1.0, t_start: float = 0.0,
-                  t_end: float = 1.0) -> torch.Tensor:
-    """num_steps + 1 times from t_start to t_end (float64), uniform then shifted.
+def uses_shift(timestep_shift: float) -> bool:
+    """The release's rule: a shift <= 0 means no shift (and 1 is the identity)."""
+    return timestep_shift > 0 and timestep_shift != 1.0
 
-    (The reference's num_sampling_steps counts grid points, i.e. one step fewer: its 250 is our 249.)
+
+def uses_guidance(cfg_scale: float) -> bool:
+    """The release's rule: guidance only for cfg_scale > 1 (<= 1: the plain conditional velocity)."""
+    return cfg_scale > 1.0
+
+
+def steps_of_grid(num_sampling_steps: int) -> int:
+    """Integration steps of a grid of ``num_sampling_steps`` points (the release's count): 250 points, 249 steps."""
+    if int(num_sampling_steps) < 2:
+        raise ValueError(f"num_sampling_steps counts grid points (the release's meaning: 250 points = 249 Euler "
+                         f"steps) and must be >= 2, got {num_sampling_steps}")
+    return int(num_sampling_steps) - 1
+
+
+def sampling_grid(num_steps: int = 249, timestep_shift: float = 1.0, t_start: float = 0.0,
+                  t_end: float = 1.0) -> torch.Tensor:
+    """num_steps + 1 times from t_start to t_end (float64), uniform then shifted (no shift for a shift <= 0).
+
+    The release's ``num_sampling_steps`` counts these grid points: its 250 is ``num_steps`` = 249 here
+    (:func:`steps_of_grid`).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     grid = torch.linspace(t_start, t_end, num_steps + 1, dtype=torch.float64)
-    return shift_timesteps(grid, timestep_shift) if timestep_shift != 1.0 else grid
+    return shift_timesteps(grid, timestep_shift) if uses_shift(timestep_shift) else grid
 
 
 def apply_cfg(v_cond: torch.Tensor, v_uncond: torch.Tensor, t: torch.Tensor, cfg_scale: float,
@@ -150,40 +174,48 @@ def apply_cfg(v_cond: torch.Tensor, v_uncond: torch.Tensor, t: torch.Tensor, cfg
 def _velocity(velocity_fn: Callable, x: torch.Tensor, t_value: float, cfg_scale: float,
               cfg_interval_start: float) -> torch.Tensor:
     t = torch.full((x.shape[0],), float(t_value), device=x.device, dtype=torch.float32)
-    if cfg_scale == 1.0 or t_value < cfg_interval_start:
-        return velocity_fn(x, t)  # no unconditional pass needed outside the guidance interval
+    if not uses_guidance(cfg_scale) or t_value < cfg_interval_start:
+        return velocity_fn(x, t)  # no unconditional pass without guidance or outside its interval
     v_cond, v_uncond = velocity_fn(x, t, with_uncond=True)
     return apply_cfg(v_cond, v_uncond, t, cfg_scale, cfg_interval_start)
 
 
 @torch.no_grad()
-def sample_ode(velocity_fn: Callable, noise: torch.Tensor, *, num_steps: int = 250, method: str = "euler",
-               timestep_shift: float = 1.0, cfg_scale: float = 1.0, cfg_interval_start: float = 0.0,
-               return_trajectory: bool = False, progress: bool = False
-               ) -> Union[torch.Tensor, list[torch.Tensor]]:
+def sample_ode(velocity_fn: Callable, noise: torch.Tensor, *, num_steps: Optional[int] = None,
+               num_sampling_steps: Optional[int] = None, method: str = "euler", timestep_shift: float = 1.0,
+               cfg_scale: float = 1.0, cfg_interval_start: float = 0.0, return_trajectory: bool = False,
+               progress: bool = False) -> Union[torch.Tensor, list[torch.Tensor]]:
     """Integrate dx/dt = v(x, t) from the noise at t = 0 to t = 1 (data).
 
-    velocity_fn(x, t) -> v, with t a B tensor; when cfg_scale != 1 it is also called as
+    How many steps: either ``num_sampling_steps`` = grid points, the release's option (250 points = 249 steps;
+    the default when neither is given), or ``num_steps`` = integration steps (grid points - 1).
+    velocity_fn(x, t) -> v, with t a B tensor; when cfg_scale > 1 it is also called as
     velocity_fn(x, t, with_uncond=True) -> (v_cond, v_uncond) inside the guidance interval (t >=
-    cfg_interval_start). Euler: one evaluation per step; Heun: two (predictor, then trapezoidal corrector).
+    cfg_interval_start). As in the release, cfg_scale <= 1 means no guidance and timestep_shift <= 0 no shift.
+    Euler: one evaluation per step; Heun: two (predictor, then trapezoidal corrector).
     Deterministic for a given noise (make_noise(seed=...)) and a deterministic velocity_fn (a model in eval mode:
     no label dropout). Returns the final x, or all num_steps + 1 states when return_trajectory.
     """
     method = method.lower()
     if method not in SAMPLING_METHODS:
         raise ValueError(f"method must be one of {SAMPLING_METHODS}, got '{method}'")
+    if num_steps is not None and num_sampling_steps is not None:
+        raise ValueError("Pass num_sampling_steps (grid points, the release's count) or num_steps (integration "
+                         "steps = grid points - 1), not both.")
+    if num_steps is None:
+        num_steps = steps_of_grid(250 if num_sampling_steps is None else num_sampling_steps)
     grid = sampling_grid(num_steps, timestep_shift).tolist()
     steps = range(num_steps)
     if progress:
-        from tqdm.auto import tqdm
+        from microdoppler_finetune.utils.progress import progress as progress_bar
 
-        steps = tqdm(steps, desc=f"{method} sampling", leave=False)
+        steps = progress_bar(steps, desc=f"{method} sampling", unit="step", leave=False)
     x = noise
     trajectory = [x] if return_trajectory else None
     for i in steps:
         t_now, t_next = grid[i], grid[i + 1]
         dt = t_next - t_now
-        v_now = _velocity(velocity_fn, x, t_now, cfg_scale, cfg_interval_start)
+        v_now = _velocity(velocity_fn, x, t_now, cfg_scale, cfg_interval_start)  # B x C x H x W
         if method == "euler":
             x = x + dt * v_now
         else:
@@ -197,5 +229,5 @@ def sample_ode(velocity_fn: Callable, noise: torch.Tensor, *, num_steps: int = 2
 
 __all__ = [
     "Transport", "interpolate", "velocity_target", "make_noise", "shift_timesteps", "sampling_grid",
-    "apply_cfg", "sample_ode", "TIME_SAMPLINGS", "SAMPLING_METHODS",
+    "apply_cfg", "sample_ode", "steps_of_grid", "uses_shift", "uses_guidance", "TIME_SAMPLINGS", "SAMPLING_METHODS",
 ]

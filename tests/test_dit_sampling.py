@@ -23,7 +23,7 @@ from microdoppler_finetune.dit.sampling import (
 )
 from microdoppler_finetune.dit.trainer import train_dit
 
-FAST = SamplerSettings(steps=4, sampler="euler", cfg_scale=2.0, cfg_interval_start=0.1, shift=0.5, seed=3,
+FAST = SamplerSettings(num_sampling_steps=5, sampler="euler", cfg_scale=2.0, cfg_interval_start=0.1, shift=0.5, seed=3,
                        batch_size=4)
 
 
@@ -115,8 +115,37 @@ def test_sample_cli_runs_with_a_training_folder(trained, tmp_path):
     checkpoint, export = trained
     out = tmp_path / "cli"
     assert main(["--checkpoint", str(checkpoint.parent.parent), "--vae_encoder", str(export), "--out", str(out),
-                 "--per_person", "1", "--persons", "ID_2", "--steps", "3", "--sampler", "heun", "--seed", "1",
-                 "--device", "cpu"]) == 0
+                 "--per_person", "1", "--persons", "ID_2", "--num_sampling_steps", "4", "--sampler", "heun",
+                 "--seed", "1", "--device", "cpu"]) == 0
     info = json.loads((out / INFO_FILE).read_text())
     assert [f["file"] for f in info["files"]] == ["ID_2/ID2_gen1_Doppler0.jpg"]
-    assert info["sampler"]["sampler"] == "heun" and info["sampler"]["steps"] == 3
+    assert info["sampler"]["sampler"] == "heun" and info["sampler"]["num_sampling_steps"] == 4
+    assert info["sampler"]["ode_steps"] == 3  # grid points, as the release counts them: 4 points, 3 steps
+
+
+def test_sampling_from_the_pretrained_export_equals_sampling_from_the_checkpoint(trained, tmp_path):
+    """The run's pretrained/ folder (save_pretrained of the EMA weights) samples exactly what the .pt's EMA does."""
+    from microdoppler_finetune.dit.export import resolve_trained_dit
+
+    checkpoint, export = trained
+    folder = checkpoint.parent.parent / "pretrained"
+    assert resolve_trained_dit(checkpoint.parent.parent) == folder  # the run folder gives its export
+    from_pt, pt_info = load_trained_dit(checkpoint)
+    from_folder, folder_info = load_trained_dit(folder)
+    assert folder_info["step"] == pt_info["step"] == 6 and folder_info["weights"] == pt_info["weights"] == "ema"
+    for key in ("person_names", "condition_names", "latent_shape", "image_size", "vae_identity", "seen_pairs"):
+        assert folder_info["data"][key] == pt_info["data"][key], key
+    assert folder_info["dit_config"] == pt_info["dit_config"]
+    shape = pt_info["data"]["latent_shape"]
+    persons, conditions = [0, 1, 2, 2], [0, 1, 1, None]
+    a = generate_latents(from_pt, persons, conditions, shape, FAST)
+    b = generate_latents(from_folder, persons, conditions, shape, FAST)
+    assert torch.equal(a, b)
+    out_pt, out_folder = tmp_path / "pt", tmp_path / "folder"
+    generate_dataset(checkpoint, export, out_pt, per_person=1, settings=FAST, device="cpu")
+    info = generate_dataset(folder, export, out_folder, per_person=1, settings=FAST, device="cpu")
+    assert info["weights"] == "ema" and info["checkpoint_step"] == 6
+    first, second = _pixels(out_pt), _pixels(out_folder)
+    assert first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+    with pytest.raises(ValueError, match="ema weights only"):
+        load_trained_dit(folder, use_ema=False)

@@ -2,10 +2,12 @@
 
 A checkpoint holds plain types and tensors only (``torch.load(weights_only=True)`` reads it):
 
-    step, model, ema, ema_updates, opt, scaler, rng, best_val_loss, dit_config, lora, data, config
+    step, model, ema, ema_state, opt, scaler, rng, best_val_loss, dit_config, lora, data, config
 
 ``model``/``ema`` are the state_dicts of the trained module (with LoRA adapters when LoRA is on: ``lora`` then
-says how to rebuild them), ``dit_config`` the DiT constructor config (resuming forces this architecture, as in
+says how to rebuild them); ``ema`` has the released LightningDiT layout (a state_dict under the model's names) and
+``ema_state`` the counters and settings of diffusers' EMAModel (checkpoints written before it have
+``ema_updates`` instead). ``dit_config`` is the DiT constructor config (resuming forces this architecture, as in
 nanoGPT), ``data`` what the DiT was trained on (person and condition names, latent statistics, VA-VAE identity,
 the person x condition pairs seen in training), ``config`` the resolved pipeline config as plain dicts.
 """

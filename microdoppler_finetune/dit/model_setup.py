@@ -107,19 +107,33 @@ def sample_with_transport(model: torch.nn.Module, noise: torch.Tensor, person: t
     from models.transport import sample_ode
 
     dit = unwrap_model(model)
+    # settings.num_sampling_steps counts grid points as the release does (250 -> 249 Euler steps); a shift <= 0
+    # means no shift and a cfg_scale <= 1 no guidance (models.transport).
     velocity_fn = dit.velocity_fn(person, condition, guide=getattr(settings, "guide", "both"))
-    return sample_ode(velocity_fn, noise, num_steps=int(settings.steps), method=str(settings.sampler),
-                      timestep_shift=float(settings.shift), cfg_scale=float(settings.cfg_scale),
-                      cfg_interval_start=float(settings.cfg_interval_start))
+    return sample_ode(velocity_fn, noise, num_sampling_steps=int(settings.num_sampling_steps),
+                      method=str(settings.sampler), timestep_shift=float(settings.shift),
+                      cfg_scale=float(settings.cfg_scale), cfg_interval_start=float(settings.cfg_interval_start))
 
 
 def load_trained_dit(checkpoint: str | Path, *, use_ema: bool = True, trust_pickle: bool = False,
-                          device: str | torch.device = "cpu"):
-    """(plain DiT in eval mode with LoRA merged, checkpoint info without weights) from our training checkpoint."""
+                     device: str | torch.device = "cpu"):
+    """(plain DiT in eval mode with LoRA merged, info without weights) from our training checkpoint
+    ``{step:07d}.pt`` or from a ``pretrained/`` folder (``LightningDiT.from_pretrained``; EMA weights only).
+
+    info: ``step``, ``data`` (person/condition names, latent shape, image size, VA-VAE identity, seen pairs),
+    ``dit_config``, ``weights`` ("ema" or "model").
+    """
     from microdoppler_finetune.dit.checkpointing import load_checkpoint
+    from microdoppler_finetune.dit.export import load_pretrained
     from microdoppler_finetune.dit.finetune import LoraSettings, apply_lora, merge_lora
 
     path = Path(checkpoint)
+    if path.is_dir():  # one load path for folders: from_pretrained
+        model, info = load_pretrained(path, device=device)
+        if use_ema != (info["weights"] == "ema"):
+            raise ValueError(f"{path} holds the {info['weights']} weights only; for the "
+                             f"{'EMA' if use_ema else 'raw (--no_ema)'} weights pass a {{step:07d}}.pt checkpoint.")
+        return model, info
     content = load_checkpoint(path, trust_pickle=trust_pickle)
     if "dit_config" not in content or "data" not in content:
         raise ValueError(f"{path} is not a checkpoint of train_conditional_dit.py (no dit_config/data entries). A "
@@ -135,4 +149,5 @@ def load_trained_dit(checkpoint: str | Path, *, use_ema: bool = True, trust_pick
     load_state_dict_checked(model, content[key], source=f"{path} [{key}]")
     model = merge_lora(model).to(device).eval()  # eval: no label dropout, no dropout while sampling
     info = {k: v for k, v in content.items() if k not in ("model", "ema", "opt", "scaler", "rng")}
+    info["weights"] = key
     return model, info

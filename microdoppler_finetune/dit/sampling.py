@@ -1,8 +1,8 @@
 """Generate spectrograms with a trained person- (and condition-) conditioned DiT.
 
-Needs only the DiT checkpoint (``{step:07d}.pt`` from train_conditional_dit.py) and the exported encoder folder
-(``vavae_encoder_for_dit``, whose VA-VAE decodes and whose config holds the latent statistics). Output, in the
-dataset's own layout so the data layer reads it like real data::
+Needs only the trained DiT (``{step:07d}.pt`` from train_conditional_dit.py, or its ``pretrained/`` export) and
+the exported encoder folder (``vavae_encoder_for_dit``, whose VA-VAE decodes and whose config holds the latent
+statistics). Output, in the dataset's own layout so the data layer reads it like real data::
 
     <out>/ID_7/ID7_gen{seed}_Doppler{k}.jpg                  without walking conditions
     <out>/<Condition>/ID_7/ID7_gen{seed}_Doppler{k}.jpg      with walking conditions
@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import InitVar, asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -26,6 +27,7 @@ import torch
 
 from microdoppler_finetune.dit.model_setup import load_trained_dit, null_condition_id, sample_with_transport
 from microdoppler_finetune.utils.images import to_uint8_hwc
+from microdoppler_finetune.utils.progress import progress
 from microdoppler_finetune.utils.tensors import pick_device
 
 GRID_FILE = "__grid_by_person.jpg"
@@ -33,9 +35,19 @@ INFO_FILE = "generation_info.json"
 SAMPLERS = ("euler", "heun")
 
 
+SETTING_KEYS = ("num_sampling_steps", "sampler", "cfg_scale", "cfg_interval_start", "shift", "seed", "batch_size")
+
+
 @dataclass
 class SamplerSettings:
-    steps: int = 250
+    """The ODE sampler's settings, with the release's meanings (its defaults: dit.sample in the config schema).
+
+    ``num_sampling_steps`` counts GRID POINTS as the release's option does: 250 points = 249 Euler steps
+    (``ode_steps``). ``shift`` <= 0 means no timestep shift, ``cfg_scale`` <= 1 no guidance.
+    ``steps`` (deprecated, not stored): integration steps; ``steps=N`` sets num_sampling_steps = N + 1.
+    """
+
+    num_sampling_steps: int = 250
     sampler: str = "euler"
     cfg_scale: float = 6.7
     cfg_interval_start: float = 0.125
@@ -43,12 +55,53 @@ class SamplerSettings:
     seed: int = 0
     batch_size: int = 16
     guide: str = "both"  # what the unconditional branch of guidance drops: person, condition or both
+    steps: InitVar[Optional[int]] = None
 
-    def __post_init__(self):
+    def __post_init__(self, steps: Optional[int]):
+        if steps is not None:
+            warnings.warn(f"SamplerSettings(steps={steps}) is deprecated: steps counts Euler steps; use "
+                          f"num_sampling_steps={int(steps) + 1} (grid points, the release's meaning).",
+                          FutureWarning, stacklevel=3)
+            self.num_sampling_steps = int(steps) + 1
         if self.sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler '{self.sampler}': choose {' or '.join(SAMPLERS)}.")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}.")
+        if int(self.num_sampling_steps) < 2:
+            raise ValueError(f"num_sampling_steps counts grid points (250 = 249 Euler steps, as in the release) and "
+                             f"must be >= 2, got {self.num_sampling_steps}.")
+
+    @property
+    def ode_steps(self) -> int:
+        """Integration (Euler or Heun) steps: num_sampling_steps - 1."""
+        return int(self.num_sampling_steps) - 1
+
+    def describe(self) -> dict:
+        """Plain dict for generation_info.json (with the number of integration steps spelled out)."""
+        return {**asdict(self), "ode_steps": self.ode_steps, "guidance": self.cfg_scale > 1,
+                "shifted": self.shift > 0 and self.shift != 1}
+
+    @classmethod
+    def from_config(cls, sample_cfg, **overrides) -> "SamplerSettings":
+        """From ``cfg.dit.sample``; ``overrides`` that are not None win (e.g. command-line flags).
+
+        The deprecated ``dit.sample.steps`` (Euler steps), when set, replaces num_sampling_steps by steps + 1,
+        unless ``num_sampling_steps`` is overridden here.
+        """
+        values = {key: sample_cfg[key] for key in SETTING_KEYS}
+        legacy = sample_cfg.get("steps")
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        if "num_sampling_steps" in overrides:
+            legacy = None
+        if overrides.get("steps") is not None:
+            legacy = overrides.pop("steps")
+        values.update(overrides)
+        if legacy is not None:
+            print(f"NOTE: steps={legacy} (Euler steps) is deprecated; it means num_sampling_steps={int(legacy) + 1} "
+                  f"(grid points, the release's count). Use num_sampling_steps.", flush=True)
+            values["num_sampling_steps"] = int(legacy) + 1
+        return cls(num_sampling_steps=int(values["num_sampling_steps"]), sampler=str(values["sampler"]),
+                   cfg_scale=float(values["cfg_scale"]), cfg_interval_start=float(values["cfg_interval_start"]),
+                   shift=float(values["shift"]), seed=int(values["seed"]), batch_size=int(values["batch_size"]),
+                   **({"guide": str(values["guide"])} if "guide" in values else {}))
 
 
 @dataclass
@@ -144,17 +197,19 @@ def seeded_noise(shape: Sequence[int], seed: int, keys: Sequence[int]) -> torch.
 @torch.no_grad()
 def generate_latents(model: torch.nn.Module, persons: Sequence[int], conditions: Optional[Sequence[Optional[int]]],
                      latent_shape: Sequence[int], settings: SamplerSettings,
-                     device: str | torch.device = "cpu", progress=None,
+                     device: str | torch.device = "cpu", show_progress: bool = False,
                      keys: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Normalised latents [N, C, h, w] (DiT space) for the given person (and condition) ids.
 
     ``keys``: one noise key per image (default: its position); same seed + same key -> same starting noise.
+    ``show_progress``: a progress bar over the images.
     """
 
-    model.eval()  # sampling: no label dropout
+    model.eval()  # eval mode: no label dropout while sampling (guidance asks for the null rows itself)
     total = len(persons)
     null_condition = null_condition_id(model)
     out = []
+    bar = progress(total=total, desc="sampling", unit="image") if show_progress else None
     for start in range(0, total, settings.batch_size):
         stop = min(start + settings.batch_size, total)
         batch_keys = list(keys[start:stop]) if keys is not None else list(range(start, stop))
@@ -165,9 +220,11 @@ def generate_latents(model: torch.nn.Module, persons: Sequence[int], conditions:
             values = [null_condition if conditions is None or conditions[i] is None else int(conditions[i])
                       for i in range(start, stop)]
             condition = torch.tensor(values, dtype=torch.long, device=device)
-        out.append(sample_with_transport(model, noise, person, condition, settings).float().cpu())
-        if progress is not None:
-            progress(stop, total)
+        out.append(sample_with_transport(model, noise, person, condition, settings).float().cpu())  # B x C x h x w
+        if bar is not None:
+            bar.update(stop - start)
+    if bar is not None:
+        bar.close()
     return torch.cat(out, dim=0)
 
 
@@ -236,7 +293,11 @@ def generate_dataset(checkpoint: str | Path, vae_encoder: str | Path, out_dir: s
                      settings: Optional[SamplerSettings] = None, image_size: Optional[int] = None,
                      use_ema: bool = True, device: str | torch.device = "auto", trust_pickle: bool = False,
                      grid_per_person: int = 8) -> dict:
-    """Sample, decode and write JPGs + generation_info.json + the per-person grid; returns the info dict."""
+    """Sample, decode and write JPGs + generation_info.json + the per-person grid; returns the info dict.
+
+    ``checkpoint``: a ``{step:07d}.pt`` training checkpoint or a ``pretrained/`` folder (see
+    microdoppler_finetune.dit.export.resolve_trained_dit for run folders).
+    """
     from microdoppler_finetune.latents.export import load_exported_vae, read_export_info, read_latent_statistics
 
     settings = settings or SamplerSettings()
@@ -257,11 +318,8 @@ def generate_dataset(checkpoint: str | Path, vae_encoder: str | Path, out_dir: s
     size = int(image_size or data_info.get("image_size") or 256)
     person_names, condition_names = data_info["person_names"], data_info.get("condition_names") or []
 
-    def report(done: int, total: int) -> None:
-        print(f"  sampled {done}/{total}", flush=True)
-
     latents = generate_latents(model, [j.person for j in jobs], [j.condition for j in jobs],
-                               data_info["latent_shape"], settings, device, progress=report,
+                               data_info["latent_shape"], settings, device, show_progress=True,
                                keys=[noise_key(j.person, j.condition, j.number) for j in jobs])
     images = decode_latents(vae, latents, latents_mean, latents_std, batch_size=settings.batch_size, device=device)
     out_dir = Path(out_dir)
@@ -287,10 +345,10 @@ def generate_dataset(checkpoint: str | Path, vae_encoder: str | Path, out_dir: s
     result = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_step": int(info.get("step", -1)),
-        "weights": "ema" if use_ema else "model",
+        "weights": info.get("weights", "ema" if use_ema else "model"),
         "vae_encoder": str(Path(vae_encoder).resolve()),
         "vae_identity": export_info["vae_identity"],
-        "sampler": asdict(settings),
+        "sampler": settings.describe(),
         "image_size": size,
         "latent_shape": list(data_info["latent_shape"]),
         "per_person": per_person,

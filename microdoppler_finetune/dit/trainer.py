@@ -1,8 +1,10 @@
 """The DiT training loop: ``train_dit(cfg)``.
 
-A plain PyTorch loop (as in DiT/nanoGPT): AdamW, EMA, gradient clipping, fp16 + GradScaler / bf16 / fp32,
-DDP under torchrun, optional gradient checkpointing, LoRA / frozen backbone / gradual unfreezing, an auxiliary
-supervised-contrastive loss, a deterministic validation loss, sample grids, ``{step:07d}.pt`` checkpoints.
+A plain PyTorch loop (as in DiT/nanoGPT): AdamW, EMA (diffusers' EMAModel), gradient clipping, fp16 + GradScaler
+/ bf16 / fp32, DDP under torchrun, optional gradient checkpointing, LoRA / frozen backbone / gradual unfreezing, an
+auxiliary supervised-contrastive loss, a deterministic validation loss, sample grids, ``{step:07d}.pt``
+checkpoints, a progress bar, TensorBoard scalars, and at the end the EMA model as a diffusers folder
+(``<run_dir>/pretrained``, see microdoppler_finetune.dit.export).
 
 Rerunning the same command resumes from the checkpoint with the highest step number in
 ``<run_dir>/checkpoints``: model, EMA, optimizer, scaler, step, RNG states and best validation loss come back,
@@ -34,7 +36,8 @@ from microdoppler_finetune.dit.distributed import (
     mean_over_ranks,
     setup_distributed,
 )
-from microdoppler_finetune.dit.ema import EMA
+from microdoppler_finetune.dit.ema import DiTEMA
+from microdoppler_finetune.dit.export import PRETRAINED_DIRNAME, write_pretrained
 from microdoppler_finetune.dit.finetune import (
     LoraSettings,
     TrainableRule,
@@ -57,6 +60,7 @@ from microdoppler_finetune.dit.objective import (
     velocity_loss_terms,
 )
 from microdoppler_finetune.utils.plain import to_plain
+from microdoppler_finetune.utils.progress import progress
 from microdoppler_finetune.utils.tensors import unwrap_model
 
 STOP_FINISHED = "finished"
@@ -163,7 +167,7 @@ class DiTTrainer:
         self.step = 0
         self.best_val_loss = math.inf
         self.skipped_total = 0
-        self.ema = EMA(self.model, float(t.ema_decay))
+        self.ema = DiTEMA(self.model, float(t.ema_decay))  # over the unwrapped module's parameters (LoRA included)
         if resume is not None:
             self._load_state(resume, resume_path)
         self.trainable_summary = apply_trainable_rule(self.model, self.rule, self.step, self.num_blocks)
@@ -171,15 +175,16 @@ class DiTTrainer:
         self.ddp_model = self._wrap_ddp()
         self.tap = PooledFeatureTap(self.model) if float(ft.contrastive_weight) > 0 else None
         self.plan = BatchPlan(len(data.train), int(t.batch_size), dist_info.world_size, dist_info.rank, int(t.seed))
-        self.log = TrainLog(self.run_dir, enabled=dist_info.is_main)
+        self.log = TrainLog(self.run_dir, enabled=dist_info.is_main, resume_step=self.step)
         self._decoder = None
+        self._bar = None
         self.last_save_seconds = 0.0
 
     # ------------------------------------------------------------------------------------------- state
 
     def _load_state(self, state: dict, path: Optional[Path]) -> None:
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"], state.get("ema_updates", 0))
+        self.ema.load(state["ema"], state.get("ema_state"), legacy_updates=state.get("ema_updates", 0))
         try:
             self.optimizer.load_state_dict(state["opt"])
         except ValueError as exc:
@@ -197,8 +202,8 @@ class DiTTrainer:
         return {
             "step": self.step,
             "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "ema_updates": self.ema.num_updates,
+            "ema": self.ema.weights(self.model),  # the released layout: a state_dict under the model's names
+            "ema_state": self.ema.settings(),  # EMAModel's counters and settings (plain types)
             "opt": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": C.capture_rng_state(),
@@ -217,7 +222,8 @@ class DiTTrainer:
         if self.dist.is_main:
             path = C.save_checkpoint(self.state_dict(), C.checkpoint_path(self.ckpt_dir, self.step))
             C.prune_checkpoints(self.ckpt_dir, int(self.train_cfg.keep_checkpoints))
-            print(f"step {self.step}: checkpoint {path}", flush=True)
+            self.log.flush()
+            self.say(f"step {self.step}: checkpoint {path}")
         barrier(self.dist)
         self.last_save_seconds = time.time() - tick
         return path
@@ -297,7 +303,7 @@ class DiTTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         overflowed = scale_before is not None and self.scaler.get_scale() < scale_before
         if not overflowed:
-            self.ema.update(self.model)
+            self.ema.step(self.model)
         return {"skipped": False, "loss": float(loss.detach()), "flow_loss": float(flow.detach()),
                 "velocity_mse": float(terms["mse"].detach().float().mean()),
                 "cosine_loss": float(terms["cosine"].detach().float().mean()),
@@ -351,10 +357,9 @@ class DiTTrainer:
             for p, c in self.data.seen_pairs:
                 first_condition.setdefault(p, c)
             conditions = [first_condition.get(p, 0) for p in persons]
-        settings = SamplerSettings(steps=int(t.grid_steps), sampler=str(s.sampler), cfg_scale=float(s.cfg_scale),
-                                   cfg_interval_start=float(s.cfg_interval_start), shift=float(s.shift),
-                                   seed=int(s.seed), batch_size=int(s.batch_size))
-        model = merged_eval_copy(self.ema.module)
+        settings = SamplerSettings.from_config(s, num_sampling_steps=int(t.grid_steps) + 1)
+        with self.ema.swapped_in(self.model):
+            model = merged_eval_copy(self.model)  # a plain copy with the EMA weights, in eval mode
         latents = generate_latents(model, persons, conditions, self.data.latent_shape, settings, self.device)
         images = decode_latents(self._decoder, latents, self.data.latents_mean, self.data.latents_std,
                                 batch_size=int(s.batch_size), device=self.device)
@@ -363,6 +368,15 @@ class DiTTrainer:
         return path
 
     # ------------------------------------------------------------------------------------------- loop
+
+    def say(self, message: str) -> None:
+        """A line of the run's log on rank 0 (through the progress bar while one is shown, so it stays intact)."""
+        if not self.dist.is_main:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
 
     def fit(self, time_budget_s: Optional[float] = None, started: Optional[float] = None) -> dict:
         t = self.train_cfg
@@ -375,83 +389,94 @@ class DiTTrainer:
         nonfinite_in_a_row = 0
         stop_reason = STOP_FINISHED
         step_seconds = None
-        if self.dist.is_main:
-            s = self.trainable_summary
-            print(f"DiT training: step {self.step} -> {total_steps}, {len(self.data.train)} train / "
-                  f"{len(self.data.val)} val latents {self.data.latent_shape}, {self.data.num_persons} persons, "
-                  f"{self.data.num_conditions} conditions (used: {self.use_conditions}), precision "
-                  f"{self.precision}, {s['trainable_params']:,} of {s['total_params']:,} parameters train",
-                  flush=True)
-        if self.step == 0 and int(t.val_every) > 0:
-            self.run_validation(started)  # the untrained baseline: the first point of the validation curve
-        while self.step < total_steps:
-            if time_budget_s is not None:
-                elapsed = time.time() - started
-                # Room for a few more steps and the final checkpoint (measured when one was written).
-                reserve = 3 * (step_seconds or 0.0) + max(10.0, 1.5 * self.last_save_seconds)
-                if any_rank_true(self.dist, elapsed + reserve >= time_budget_s):
-                    stop_reason = STOP_TIME_BUDGET
-                    break
-            self._maybe_unfreeze()
-            tick = time.time()
-            result = self.train_step()
-            took = time.time() - tick
-            step_seconds = took if step_seconds is None else 0.9 * step_seconds + 0.1 * took  # running average
-            if result["skipped"]:
-                nonfinite_in_a_row += 1
-                self.skipped_total += 1
-                if self.dist.is_main:
-                    print(f"step {self.step}: non-finite loss/gradient ({result.get('loss')}), step skipped "
-                          f"({nonfinite_in_a_row} in a row)", flush=True)
-                if nonfinite_in_a_row >= int(t.max_nonfinite_in_a_row):
-                    stop_reason = STOP_NONFINITE
-                    break
+        s = self.trainable_summary
+        self.say(f"DiT training: step {self.step} -> {total_steps}, {len(self.data.train)} train / "
+                 f"{len(self.data.val)} val latents {self.data.latent_shape}, {self.data.num_persons} persons, "
+                 f"{self.data.num_conditions} conditions (used: {self.use_conditions}), precision "
+                 f"{self.precision}, {s['trainable_params']:,} of {s['total_params']:,} parameters train")
+        if self.dist.is_main:  # resumable bar: starts at the checkpoint's step
+            self._bar = progress(total=total_steps, initial=self.step, desc="DiT training", unit="step")
+        try:
+            if self.step == 0 and int(t.val_every) > 0:
+                self.run_validation(started)  # the untrained baseline: the first point of the validation curve
+            while self.step < total_steps:
+                if time_budget_s is not None:
+                    elapsed = time.time() - started
+                    # Room for a few more steps, the final checkpoint and the export (measured once saved).
+                    reserve = 3 * (step_seconds or 0.0) + max(10.0, 2.0 * self.last_save_seconds)
+                    if any_rank_true(self.dist, elapsed + reserve >= time_budget_s):
+                        stop_reason = STOP_TIME_BUDGET
+                        break
+                self._maybe_unfreeze()
+                tick = time.time()
+                result = self.train_step()
+                took = time.time() - tick
+                step_seconds = took if step_seconds is None else 0.9 * step_seconds + 0.1 * took  # running average
+                if self._bar is not None:
+                    self._bar.update(1)
+                if result["skipped"]:
+                    nonfinite_in_a_row += 1
+                    self.skipped_total += 1
+                    self.say(f"step {self.step}: non-finite loss/gradient ({result.get('loss')}), step skipped "
+                             f"({nonfinite_in_a_row} in a row)")
+                    if nonfinite_in_a_row >= int(t.max_nonfinite_in_a_row):
+                        stop_reason = STOP_NONFINITE
+                        break
+                    self.step += 1
+                    continue
+                nonfinite_in_a_row = 0
                 self.step += 1
-                continue
-            nonfinite_in_a_row = 0
-            self.step += 1
-            steps_since_log += 1
-            losses.append(result["loss"])
-            flows.append(result["flow_loss"])
-            mses.append(result["velocity_mse"])
-            cosines.append(result["cosine_loss"])
-            norms.append(result["grad_norm"])
-            if result["contrastive_loss"] is not None:
-                contrastives.append(result["contrastive_loss"])
-            if self.step % max(1, int(t.log_every)) == 0 or self.step == total_steps:
-                now = time.time()
-                row = {"step": self.step, "event": "train", "elapsed_s": round(now - started, 2),
-                       "train_loss": mean_over_ranks(self.dist, sum(losses) / len(losses)),
-                       "flow_loss": sum(flows) / len(flows), "velocity_mse": sum(mses) / len(mses),
-                       "cosine_loss": sum(cosines) / len(cosines),
-                       "contrastive_loss": sum(contrastives) / len(contrastives) if contrastives else None,
-                       "lr": result["lr"], "grad_norm": sum(norms) / len(norms), "skipped_steps": self.skipped_total,
-                       "steps_per_s": round(steps_since_log / max(now - last_log, 1e-9), 4)}
-                self.log.write(row)
-                if self.dist.is_main:
-                    print(f"step {self.step}/{total_steps} loss {row['train_loss']:.4f} lr {row['lr']:.2e} "
-                          f"grad_norm {row['grad_norm']:.3f} ({row['steps_per_s']:.2f} steps/s)", flush=True)
-                losses, flows, contrastives, norms = [], [], [], []
-                mses, cosines = [], []
-                last_log, steps_since_log = now, 0
-            if int(t.val_every) > 0 and (self.step % int(t.val_every) == 0 or self.step == total_steps):
-                self.run_validation(started)
-            if int(t.sample_every) > 0 and self.step % int(t.sample_every) == 0 and self.dist.is_main:
-                self.sample_grid()
-            if int(t.checkpoint_every) > 0 and self.step % int(t.checkpoint_every) == 0 and self.step < total_steps:
+                steps_since_log += 1
+                losses.append(result["loss"])
+                flows.append(result["flow_loss"])
+                mses.append(result["velocity_mse"])
+                cosines.append(result["cosine_loss"])
+                norms.append(result["grad_norm"])
+                if result["contrastive_loss"] is not None:
+                    contrastives.append(result["contrastive_loss"])
+                if self.step % max(1, int(t.log_every)) == 0 or self.step == total_steps:
+                    now = time.time()
+                    row = {"step": self.step, "event": "train", "elapsed_s": round(now - started, 2),
+                           "train_loss": mean_over_ranks(self.dist, sum(losses) / len(losses)),
+                           "flow_loss": sum(flows) / len(flows), "velocity_mse": sum(mses) / len(mses),
+                           "cosine_loss": sum(cosines) / len(cosines),
+                           "contrastive_loss": sum(contrastives) / len(contrastives) if contrastives else None,
+                           "lr": result["lr"], "grad_norm": sum(norms) / len(norms),
+                           "skipped_steps": self.skipped_total,
+                           "steps_per_s": round(steps_since_log / max(now - last_log, 1e-9), 4)}
+                    self.log.write(row)
+                    if self._bar is not None:
+                        self._bar.set_postfix(loss=f"{row['train_loss']:.4f}", lr=f"{row['lr']:.1e}", refresh=False)
+                    self.say(f"step {self.step}/{total_steps} loss {row['train_loss']:.4f} lr {row['lr']:.2e} "
+                             f"grad_norm {row['grad_norm']:.3f} ({row['steps_per_s']:.2f} steps/s)")
+                    losses, flows, contrastives, norms = [], [], [], []
+                    mses, cosines = [], []
+                    last_log, steps_since_log = now, 0
+                if int(t.val_every) > 0 and (self.step % int(t.val_every) == 0 or self.step == total_steps):
+                    self.run_validation(started)
+                if int(t.sample_every) > 0 and self.step % int(t.sample_every) == 0 and self.dist.is_main:
+                    self.sample_grid()
+                if (int(t.checkpoint_every) > 0 and self.step % int(t.checkpoint_every) == 0
+                        and self.step < total_steps):
+                    self.save()
+            if stop_reason != STOP_NONFINITE:
                 self.save()
-        if stop_reason != STOP_NONFINITE:
-            self.save()
+                self.export_pretrained()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            self.log.close()
         message = {STOP_FINISHED: f"finished {self.step} steps",
                    STOP_TIME_BUDGET: f"time budget reached at step {self.step}: rerun the same command to continue",
                    STOP_NONFINITE: f"stopped at step {self.step}: {t.max_nonfinite_in_a_row} non-finite steps in a "
                                    f"row. Lower the learning rate, use fp32 (--precision fp32) or check the latents."}
-        if self.dist.is_main:
-            print(message[stop_reason], flush=True)
+        self.say(message[stop_reason])
         if self.tap is not None:
             self.tap.remove()
         result = {"status": stop_reason, "step": self.step, "best_val_loss": self.best_val_loss,
                   "run_dir": str(self.run_dir), "latest_checkpoint": str(C.latest_checkpoint(self.ckpt_dir)),
+                  "pretrained": str(self.run_dir / PRETRAINED_DIRNAME) if stop_reason != STOP_NONFINITE else None,
                   "precision": self.precision, "trainable_params": self.trainable_summary["trainable_params"],
                   "total_params": self.trainable_summary["total_params"]}
         if stop_reason == STOP_NONFINITE:
@@ -461,14 +486,27 @@ class DiTTrainer:
     def run_validation(self, started: float) -> None:
         if self.dist.is_main:
             val = self.validation_loss(unwrap_model(self.model))
-            val_ema = self.validation_loss(self.ema.module)
+            with self.ema.swapped_in(self.model) as averaged:  # the live weights come back exactly afterwards
+                val_ema = self.validation_loss(averaged)
             if val_ema < self.best_val_loss:
                 self.best_val_loss = val_ema
             self.log.write({"step": self.step, "event": "val", "elapsed_s": round(time.time() - started, 2),
                             "val_loss": val, "val_loss_ema": val_ema})
-            print(f"step {self.step}: val loss {val:.4f} (EMA {val_ema:.4f}, best EMA {self.best_val_loss:.4f})",
-                  flush=True)
+            self.say(f"step {self.step}: val loss {val:.4f} (EMA {val_ema:.4f}, best EMA {self.best_val_loss:.4f})")
         barrier(self.dist)
+
+    def export_pretrained(self) -> Optional[Path]:
+        """The EMA model (LoRA merged) as ``<run_dir>/pretrained`` (save_pretrained + sampling_info.json), rank 0."""
+        path = None
+        if self.dist.is_main:
+            with self.ema.swapped_in(self.model):
+                model = merged_eval_copy(self.model).to("cpu")
+            path = write_pretrained(model, self.data.describe(), self.step, self.run_dir / PRETRAINED_DIRNAME,
+                                    weights="ema", extra={"ema_decay": self.ema.decay})
+            del model
+            self.say(f"step {self.step}: EMA model exported to {path} (LightningDiT.from_pretrained)")
+        barrier(self.dist)
+        return path
 
 
 def merged_eval_copy(model: torch.nn.Module) -> torch.nn.Module:
