@@ -3,10 +3,11 @@
     python microdoppler_finetune/step2_download_models.py --kaggle
     python microdoppler_finetune/step2_download_models.py --what vavae,dinov2,lightningdit-xl --local_dir ~/weights
 
-Looks for the files in the cache folder, in --local_dir folders and (with --kaggle) in the notebook's inputs
-before downloading from the Hugging Face Hub; converts the pickled VA-VAE release to safetensors once; writes
-pretrained_index.json, which later steps read through microdoppler_finetune.weights.release.find_pretrained.
-Offline and with files missing, it stops within seconds and says how to provide them (exit code 2).
+Looks for the files in --local_dir folders, the Hugging Face cache and (with --kaggle) the notebook's inputs
+before downloading them into the Hugging Face cache; converts the pickled VA-VAE release (discriminator included)
+to safetensors once; writes pretrained_index.json, which later steps read through
+microdoppler_finetune.weights.locate.find_pretrained. Offline and with files missing, it stops within seconds and
+says how to provide them (exit code 2).
 """
 from __future__ import annotations
 
@@ -14,15 +15,10 @@ import argparse
 import sys
 
 from microdoppler_finetune.environment import running_on_kaggle
-from microdoppler_finetune.weights.release import (
-    ALIASES,
-    DEFAULT_WHAT,
-    HUB_PROBE_TIMEOUT_S,
-    REGISTRY,
-    default_cache_dir,
-    download_pretrained,
-    missing_files_message,
-)
+from microdoppler_finetune.utils.hub import HUB_PROBE_TIMEOUT_S
+from microdoppler_finetune.weights.download import download_pretrained, missing_files_message
+from microdoppler_finetune.weights.locate import default_cache_dir
+from microdoppler_finetune.weights.registry import ALIASES, DEFAULT_WHAT, REGISTRY
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,9 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"Comma-separated items. Known: {items}. Aliases: "
                              f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())}. Default: %(default)s.")
     parser.add_argument("--cache_dir", default=None,
-                        help="Where files are downloaded/converted and pretrained_index.json is written "
-                             "(default: $MDF_PRETRAINED_DIR, /kaggle/working/pretrained with --kaggle, else "
-                             f"{default_cache_dir(False)}).")
+                        help="Where pretrained_index.json and the VA-VAE conversion are written; downloads go to "
+                             "the Hugging Face cache ($HF_HOME/hub). Default: $MDF_PRETRAINED_DIR, "
+                             f"/kaggle/working/pretrained with --kaggle, else {default_cache_dir(False)}.")
     parser.add_argument("--local_dir", action="append", default=[],
                         help="Folder (searched recursively) or file holding already downloaded weights. Repeatable.")
     parser.add_argument("--trust_pickle", action="store_true",
@@ -47,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rehash", action="store_true",
                         help="Re-compute every sha256 even when size and modification time are unchanged.")
     parser.add_argument("--remove_pickled", action="store_true",
-                        help="Delete the downloaded VA-VAE .pt after its safetensors conversion (saves 2 GB).")
+                        help="Delete the downloaded VA-VAE .pt (from the Hugging Face cache) after its safetensors "
+                             "conversion (saves 2 GB); copies from --local_dir or Kaggle inputs are never deleted.")
     return parser.parse_args(argv)
 
 

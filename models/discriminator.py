@@ -17,6 +17,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from models.checkpoints import KeyMismatchError, KeyReport, report_key_mismatch
+
 DISCRIMINATOR_PRESETS: dict[str, dict] = {
     # The released recipe: 3 strided layers, 64 base channels, BatchNorm.
     "patchgan": dict(in_channels=3, ndf=64, num_layers=3),
@@ -104,8 +106,30 @@ def extract_discriminator_state(state_dict: Mapping[str, torch.Tensor],
     return sub
 
 
-def load_discriminator_state(discriminator: NLayerDiscriminator, state: Mapping[str, torch.Tensor]) -> None:
-    """Strict load that names every missing/unexpected key or wrong shape (e.g. another layer count or ndf)."""
+def infer_discriminator_config(state: Mapping[str, torch.Tensor]) -> dict:
+    """NLayerDiscriminator arguments read off the shapes of its weights (keys without prefix, ``main.*``).
+
+    The convolutions are ``main.<i>.weight`` with 4 dimensions: the first gives ``ndf`` and ``in_channels``, and
+    there are ``num_layers + 2`` of them. Raises KeyError when the weights are not a PatchGAN of this layout.
+    """
+    convs = sorted((int(key.split(".")[1]), value) for key, value in state.items()
+                   if key.startswith("main.") and key.endswith(".weight") and key.count(".") == 2
+                   and getattr(value, "ndim", 0) == 4)
+    if len(convs) < 3:
+        raise KeyError(f"Not a PatchGAN discriminator: {len(convs)} convolution weights (main.<i>.weight) among "
+                       f"keys {sorted(state)[:8]}{' ...' if len(state) > 8 else ''}; at least 3 are needed.")
+    first = convs[0][1]
+    return dict(in_channels=int(first.shape[1]), ndf=int(first.shape[0]), num_layers=len(convs) - 2)
+
+
+def load_discriminator_state(discriminator: NLayerDiscriminator, state: Mapping[str, torch.Tensor], *,
+                             source: str = "discriminator weights",
+                             ignored: Mapping[str, list] | None = None) -> KeyReport:
+    """Strict load that names every missing/unexpected key or wrong shape (e.g. another layer count or ndf).
+
+    Returns the :class:`KeyReport` (loaded, ignored on purpose, missing, unexpected); raises
+    :class:`KeyMismatchError` (a ValueError) when the weights do not fit.
+    """
     own = discriminator.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -113,7 +137,13 @@ def load_discriminator_state(discriminator: NLayerDiscriminator, state: Mapping[
                          for k in set(own) & set(state) if state[k].shape != own[k].shape)
     if missing or unexpected or wrong_shape:
         config = {k: v for k, v in discriminator.config.items() if not k.startswith("_")}
-        raise ValueError(
-            f"Discriminator weights do not fit {config}: missing keys {missing}, unexpected keys {unexpected}, "
-            f"wrong shapes {wrong_shape}. Match num_layers/ndf to the checkpoint that wrote them.")
+        try:
+            found = f" (the file holds {infer_discriminator_config(state)})"
+        except KeyError:
+            found = ""
+        raise KeyMismatchError(
+            f"{source}: discriminator weights do not fit {config}{found}: missing keys {missing}, unexpected keys "
+            f"{unexpected}, wrong shapes {wrong_shape}. Match num_layers/ndf (vae_loss.disc_num_layers / "
+            f"vae_loss.disc_channels) to the checkpoint that wrote them.")
     discriminator.load_state_dict(dict(state), strict=True)
+    return report_key_mismatch([], [], source=source, loaded=len(state), ignored=ignored)

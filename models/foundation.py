@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from microdoppler_finetune.utils.hub import hub_unreachable_reason
 from models.checkpoints import KeyMismatchError, load_state_dict_checked, load_state_file
 
 logger = logging.getLogger(__name__)
@@ -254,33 +255,6 @@ def _hub_cached_weights(hub_id: Optional[str]) -> Optional[Path]:
     return None
 
 
-def _hub_unreachable_reason(hub_id: Optional[str], timeout: float = 10.0) -> Optional[str]:
-    """Why the Hub cannot serve ``hub_id`` right now (None: reachable). One request, no retries.
-
-    Without this, an offline machine waits a minute in huggingface_hub's retry loop before timm gives up.
-    """
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var} is set"
-    if not hub_id:
-        return None
-    import inspect
-
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    kwargs = {"timeout": timeout}
-    if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:
-        kwargs["retry_on_errors"] = False
-    try:
-        get_hf_file_metadata(hf_hub_url(hub_id, "model.safetensors"), **kwargs)
-    except Exception as exc:  # noqa: BLE001 - connection errors differ between huggingface_hub versions
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status is not None and status < 500:
-            return None  # the Hub answered; let timm find the right file
-        return f"cannot reach the Hugging Face Hub: {type(exc).__name__}"
-    return None
-
-
 def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained: bool = True,
                             checkpoint_path: Optional[PathLike] = None, latent_size: Union[int, Sequence[int]] = 16,
                             imagenet_norm: bool = False, model_kwargs: Optional[dict] = None,
@@ -288,8 +262,10 @@ def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained:
     """A frozen, eval-mode DINOv2 (or other timm ViT) giving B x C x latent_size x latent_size features.
 
     ``checkpoint_path`` (file or timm/HF folder) wins over ``pretrained`` (callers pass the copy step2 found);
-    with ``pretrained=True`` the Hugging Face cache of an earlier download is used before timm's own download. ``model_kwargs`` go to ``timm.create_model``
-    (e.g. a small ``depth`` for tests; only with random or matching local weights).
+    with ``pretrained=True`` the Hugging Face cache of an earlier download is used before timm's own download,
+    which is only tried when :func:`microdoppler_finetune.utils.hub.hub_unreachable_reason` says the Hub can be
+    reached. ``model_kwargs`` go to ``timm.create_model`` (e.g. a small ``depth`` for tests; only with random or
+    matching local weights).
     """
     import timm
 
@@ -306,9 +282,10 @@ def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained:
             raise ValueError(f"model_kwargs {model_kwargs} change the architecture of '{name}'; pretrained weights "
                              f"would not fit. Use pretrained=False or a matching checkpoint_path.")
         try:
-            offline = _hub_unreachable_reason(_hub_id(name))
+            # Without this, an offline machine waits a minute in huggingface_hub's retries before timm gives up.
+            offline = hub_unreachable_reason()
             if offline:
-                raise ConnectionError(f"{offline}, and the weights are not in any local cache")
+                raise ConnectionError(f"{offline}, and the weights are not in the Hugging Face cache")
             # dynamic_img_size: pos_embed is resampled to the grid at each call, as the release does.
             backbone = timm.create_model(name, pretrained=True, dynamic_img_size=True)
         except Exception as exc:  # noqa: BLE001 - offline, missing cache, hub errors: one clear message

@@ -341,9 +341,12 @@ _NUMBERS = ("i", "j", "ri")
 _LDM_ATTENTION_PROJECTION = re.compile(r"\.(attn\.\d+|attn_1)\.(q|k|v|proj_out)\.weight$")
 
 # Keys of the released training checkpoint that are not part of the VA-VAE.
+# The first matching prefix gives the reason, so the discriminator comes before the rest of the loss.
 LDM_DROPPED_PREFIXES = {
     "foundation_model.": "frozen DINOv2 copy saved by the official trainer (models.foundation loads DINOv2 itself)",
-    "loss.": "state of the official training loss (LPIPS net, discriminator, logvar), not part of the VA-VAE",
+    "loss.discriminator.": "PatchGAN discriminator of the official training loss, not part of the VA-VAE (stage 1 "
+                           "loads it into its discriminator: vae_training.builders.init_discriminator)",
+    "loss.": "state of the official training loss (LPIPS net, logvar), not part of the VA-VAE",
 }
 # Top-level groups that may sit beside the VA-VAE in a Lightning checkpoint (ours or the official trainer's).
 NON_VAE_PREFIXES = {
@@ -632,10 +635,10 @@ def load_vavae_state_dict(state_dict: Mapping[str, torch.Tensor], *, source: str
     model = VAVAE(**kwargs)
     ignored = dict(outside_ignored)
     if layout == "ldm":
-        for drop_prefix, reason in LDM_DROPPED_PREFIXES.items():
-            dropped = [chosen + k for k in inside if k.startswith(drop_prefix)]
-            if dropped:
-                ignored.setdefault(reason, []).extend(dropped)
+        for key in inside:
+            reason = next((r for p, r in LDM_DROPPED_PREFIXES.items() if key.startswith(p)), None)
+            if reason is not None:
+                ignored.setdefault(reason, []).append(chosen + key)
         try:
             inside = checkpoint_filter_fn(inside, model)  # renames; raises on any key it cannot explain
         except KeyMismatchError as exc:

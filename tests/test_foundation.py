@@ -1,6 +1,8 @@
 """DINOv2 alignment target (tiny random timm DINOv2-style ViTs) and the foundation feature cache."""
 from __future__ import annotations
 
+import time
+
 import huggingface_hub.constants
 import pytest
 import torch
@@ -102,6 +104,24 @@ def test_pretrained_weights_offline_raise_a_clear_error(tmp_path, monkeypatch):
     message = str(error.value)
     assert "checkpoint_path" in message and "model.safetensors" in message
     assert "huggingface.co/timm/vit_small_patch14_dinov2.lvd142m" in message
+
+
+def test_unreachable_hub_fails_within_seconds_through_the_shared_helper(tmp_path, monkeypatch):
+    from microdoppler_finetune.utils.hub import forget_probes
+
+    forget_probes()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # closed port
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    started = time.monotonic()
+    try:
+        with pytest.raises(FoundationWeightsUnavailable, match="cannot reach the Hugging Face Hub"):
+            create_foundation_model("vit_small_patch14_dinov2.lvd142m", pretrained=True, latent_size=2)
+        assert time.monotonic() - started < 10
+        assert huggingface_hub.constants.HF_HUB_OFFLINE  # later Hub calls in this process fail at once too
+    finally:
+        forget_probes()
 
 
 def test_model_names():

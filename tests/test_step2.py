@@ -1,11 +1,13 @@
 """step2: finding, verifying, converting and indexing pretrained weights; failing fast offline.
 
 No test touches the network: subprocesses run with HF_HUB_OFFLINE=1 or with the Hub endpoint pointed at a
-closed local port, and in-process runs find every file locally.
+closed local port, and in-process runs are in huggingface_hub's offline mode with a Hugging Face cache in tmp_path
+(the Hub's answers, where a test needs them, come from a local folder).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -13,19 +15,18 @@ import sys
 import time
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
 
-from microdoppler_finetune.weights.release import (
-    INDEX_NAME,
-    VAVAE_CONVERTED_NAME,
-    HubAccess,
-    VerificationError,
-    download_pretrained,
-    find_pretrained,
-    resolve_name,
-    sha256_file,
-)
+from microdoppler_finetune.utils.files import file_sha256
+from microdoppler_finetune.utils.hub import forget_probes
+from microdoppler_finetune.weights.download import download_pretrained
+from microdoppler_finetune.weights.hub import HubAccess
+from microdoppler_finetune.weights.index import INDEX_NAME
+from microdoppler_finetune.weights.locate import find_pretrained
+from microdoppler_finetune.weights.registry import VAVAE_CONVERTED_NAME, resolve_name
+from microdoppler_finetune.weights.verify import VerificationError
 from models.checkpoints import PickleRefusedError, read_safetensors_metadata
 from models.vavae import create_vavae, load_vavae
 
@@ -36,7 +37,7 @@ RELEASE = "vavae-imagenet256-f16d32-dinov2.pt"
 
 @pytest.fixture
 def isolated_env(tmp_path, monkeypatch):
-    """Kaggle roots and caches inside tmp_path; no network."""
+    """Kaggle roots and caches inside tmp_path; huggingface_hub offline (in this process and in subprocesses)."""
     env = {
         "MDF_KAGGLE_INPUT": str(tmp_path / "kaggle_input"),
         "MDF_KAGGLE_WORKING": str(tmp_path / "kaggle_working"),
@@ -47,7 +48,28 @@ def isolated_env(tmp_path, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     (tmp_path / "kaggle_input").mkdir()
-    return env
+    forget_probes()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    yield env
+    forget_probes()
+
+
+def put_in_hf_cache(cache_root: Path, repo_id: str, filename: str, data: bytes, blob_name=None) -> Path:
+    """A file the way hf_hub_download leaves it: blobs/<sha256>, snapshots/<commit>/<name> -> blob, refs/main."""
+    repo = Path(cache_root) / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    blob = repo / "blobs" / (blob_name or hashlib.sha256(data).hexdigest())
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    link = repo / "snapshots" / commit / filename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return link
 
 
 def run_step2(args, env_overrides, timeout=60):
@@ -131,33 +153,42 @@ def test_kaggle_input_is_found_verified_converted_and_indexed(tmp_path, isolated
 
 
 class FakeHub(HubAccess):
-    """The Hub's answers (metadata, downloads) served from a local folder: the online path without a network."""
+    """The Hub's answers (metadata, downloads into the HF cache) served from a local folder, without a network."""
 
     def __init__(self, folder: Path, wrong_hash: bool = False):
         super().__init__()
         self.folder, self.wrong_hash, self.downloads = folder, wrong_hash, []
 
+    def reachable(self):
+        return True
+
     def metadata(self, remote):
         path = self.folder / remote.filename
-        sha = "0" * 64 if self.wrong_hash else sha256_file(path)
+        sha = "0" * 64 if self.wrong_hash else file_sha256(path)
         return {"size": path.stat().st_size, "sha256": sha}
 
-    def download(self, remote, target_dir):
-        target_dir.mkdir(parents=True, exist_ok=True)
+    def download(self, remote):
         self.downloads.append(remote.filename)
-        (target_dir / remote.filename).write_bytes((self.folder / remote.filename).read_bytes())
-        return target_dir / remote.filename
+        return put_in_hf_cache(huggingface_hub.constants.HF_HUB_CACHE, remote.repo_id, remote.filename,
+                               (self.folder / remote.filename).read_bytes())
 
 
 def test_downloads_verified_by_the_hub_are_converted_without_trust_flag(tmp_path, isolated_env, monkeypatch):
     write_release_like_files(tmp_path / "hub")
-    monkeypatch.setattr("microdoppler_finetune.weights.release.HubAccess", lambda **_: FakeHub(tmp_path / "hub"))
+    fake = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr("microdoppler_finetune.weights.download.HubAccess", lambda **_: fake)
     result = download_pretrained(["vavae"], cache_dir=tmp_path / "cache", log=lambda _: None)
     assert result.ok and (tmp_path / "cache" / "vavae" / VAVAE_CONVERTED_NAME).is_file()
+    assert fake.downloads == [RELEASE, "latents_stats.pt"]
     record = json.loads((tmp_path / "cache" / INDEX_NAME).read_text())["items"]["vavae"]["files"][RELEASE]
     assert record["sha256_source"] == "hub" and record["origin"] == "hub"
+    # The download lives once, in the Hugging Face cache; our cache folder holds only derived data.
+    assert Path(record["path"]).is_relative_to(Path(huggingface_hub.constants.HF_HUB_CACHE))
+    assert not list((tmp_path / "cache").rglob("*.pt"))
 
-    monkeypatch.setattr("microdoppler_finetune.weights.release.HubAccess",
+    # Another machine (empty HF cache) whose download does not match the Hub's sha256.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "other_hf_cache"))
+    monkeypatch.setattr("microdoppler_finetune.weights.download.HubAccess",
                         lambda **_: FakeHub(tmp_path / "hub", wrong_hash=True))
     with pytest.raises(VerificationError, match="Hugging Face Hub"):
         download_pretrained(["vavae"], cache_dir=tmp_path / "other", log=lambda _: None)
@@ -196,3 +227,15 @@ def test_names_and_aliases():
     assert resolve_name("lightningdit-xl") == "lightningdit-xl-800ep" and resolve_name("VAVAE") == "vavae"
     with pytest.raises(KeyError, match="Known"):
         resolve_name("sd-vae")
+
+
+def test_remove_pickled_deletes_the_downloaded_release_from_the_hf_cache(tmp_path, isolated_env, monkeypatch):
+    write_release_like_files(tmp_path / "hub")
+    monkeypatch.setattr("microdoppler_finetune.weights.download.HubAccess", lambda **_: FakeHub(tmp_path / "hub"))
+    result = download_pretrained(["vavae"], cache_dir=tmp_path / "cache", remove_pickled=True, log=lambda _: None)
+    assert result.ok
+    repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--hustvl--vavae-imagenet256-f16d32-dinov2"
+    assert not list(repo.rglob(RELEASE)) and len(list((repo / "blobs").iterdir())) == 1  # latents_stats.pt stays
+    # Offline afterwards, the conversion is all later steps need.
+    again = download_pretrained(["vavae"], cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert again.ok and again.ready["vavae"] == tmp_path / "cache" / "vavae" / VAVAE_CONVERTED_NAME

@@ -152,6 +152,10 @@ def test_official_outputs_reproduced():
     io = torch.load(need_official("vavae_tiny_io.pt"), map_location="cpu", weights_only=True)
     model = load_vavae(need_official("vavae_tiny_official.pt"))
     assert model.load_report.ok and model.load_report.ignored  # foundation_model.* and loss.* dropped, reported
+    # Each dropped group with its own reason: the discriminator is named as the one stage 1 loads separately.
+    by_key = {key: reason for reason, keys in model.load_report.ignored.items() for key in keys}
+    assert "init_discriminator" in by_key["loss.discriminator.main.0.weight"]
+    assert "logvar" in by_key["loss.logvar"] and "DINOv2" in by_key["foundation_model.model.cls_token"]
     assert not model.training
     with torch.no_grad():
         posterior = model.encode(io["x"])

@@ -6,7 +6,6 @@ for pretrained ones) is announced loudly and recorded in the stage's result.
 from __future__ import annotations
 
 import contextlib
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,8 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
-from microdoppler_finetune.weights.release import find_pretrained, registry_item_for_timm_model
+from microdoppler_finetune.weights.locate import find_pretrained
+from microdoppler_finetune.weights.registry import registry_item_for_timm_model
 
 
 def loud(message: str) -> None:
@@ -41,29 +41,6 @@ class VAEInit:
 
 def _is_local_path(name: str) -> bool:
     return any(sep in name for sep in ("/", "\\")) or Path(name).exists()
-
-
-@contextlib.contextmanager
-def hub_offline_when_unreachable(host: str = "huggingface.co"):
-    """Offline mode for Hugging Face downloads while the hub's name does not resolve.
-
-    Without it an offline machine spends about a minute in download retries before giving up; with it timm
-    either finds the weights in the local cache or fails at once.
-    """
-    import huggingface_hub.constants as hub_constants
-
-    previous = hub_constants.HF_HUB_OFFLINE
-    try:
-        socket.getaddrinfo(host, 443)
-        reachable = True
-    except OSError:
-        reachable = False
-    if not reachable:
-        hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield reachable
-    finally:
-        hub_constants.HF_HUB_OFFLINE = previous
 
 
 @contextlib.contextmanager
@@ -106,10 +83,11 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
         return AlignmentTarget(model, f"{model.name} from checkpoint {path}", True, model.feature_dim, model.name)
     if bool(cfg.vae.vf_pretrained):
         try:
-            local = registered_weights_for_timm_model(name)  # step2's copy (its cache, Kaggle inputs), if any
-            with hub_offline_when_unreachable():
-                model = (create_foundation_model(name, checkpoint_path=str(local), pretrained=False, **common)
-                         if local else create_foundation_model(name, pretrained=True, **common))
+            # step2's copy (the Hugging Face cache, Kaggle inputs), else timm's download (which fails within
+            # seconds offline: create_foundation_model asks microdoppler_finetune.utils.hub first).
+            local = registered_weights_for_timm_model(name)
+            model = (create_foundation_model(name, checkpoint_path=str(local), pretrained=False, **common)
+                     if local else create_foundation_model(name, pretrained=True, **common))
             return AlignmentTarget(model, f"pretrained {model.name} ({model.weights})", True, model.feature_dim,
                                    model.name)
         except FoundationWeightsUnavailable as exc:
@@ -129,7 +107,7 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
 
 
 def find_pretrained_vae(cfg: DictConfig) -> Optional[Path]:
-    """Explicit --pretrained_path, else microdoppler_finetune.weights.release.find_pretrained (None: not found)."""
+    """Explicit --pretrained_path, else microdoppler_finetune.weights.locate.find_pretrained (None: not found)."""
     if cfg.vae.pretrained_path:
         path = Path(cfg.vae.pretrained_path)
         if not path.exists():
@@ -210,29 +188,37 @@ def init_discriminator(discriminator: torch.nn.Module, checkpoint: Optional[Path
                        trust_pickle: bool = False) -> str:
     """Carry the discriminator over from the checkpoint the stage starts from (the released recipe does).
 
-    Our stage checkpoints hold it under ``discriminator.``; the released VA-VAE file under ``loss.discriminator.``.
-    Returns a note for the log; a discriminator that does not fit is an error, an absent one is reported.
+    Our stage checkpoints hold it under ``discriminator.``; the released VA-VAE file and step2's safetensors
+    conversion of it under ``loss.discriminator.``. Every key of the file is accounted for in the printed key
+    report (loaded into the discriminator, or ignored with the reason); weights that do not fit are an error.
+    A file without a discriminator gives a random one, said in the log. Returns a one-line note for the stage.
     """
-    from models.discriminator import (
-        RELEASED_DISCRIMINATOR_PREFIX,
-        extract_discriminator_state,
-        load_discriminator_state,
-    )
-
-    if checkpoint is None or not Path(checkpoint).is_file():
-        return "discriminator: random init"
     from models.checkpoints import PickleRefusedError, load_state_file
+    from models.discriminator import RELEASED_DISCRIMINATOR_PREFIX, load_discriminator_state
 
+    def random_init(why: str, announce=print) -> str:
+        note = f"discriminator: random init ({why})"
+        announce(f"{note}.")
+        return note
+
+    if checkpoint is None:
+        return random_init("the stage starts from random weights")
+    if not Path(checkpoint).is_file():
+        return random_init(f"{checkpoint} is not a single file")
     try:
         state = load_state_file(checkpoint, trust_pickle=trust_pickle)
     except PickleRefusedError:
         # The VA-VAE loader already stopped on (or was allowed) this file; the discriminator is optional.
-        return f"discriminator: random init ({checkpoint} needs unpickling; not read for the discriminator)"
+        return random_init(f"{checkpoint} needs unpickling; not read for the discriminator", loud)
     state = state.get("state_dict", state)
     prefix = RELEASED_DISCRIMINATOR_PREFIX if released else "discriminator."
-    try:
-        sub = extract_discriminator_state(state, prefix=prefix)
-    except KeyError:
-        return f"discriminator: random init (no '{prefix}*' weights in {checkpoint})"
-    load_discriminator_state(discriminator, sub)
-    return f"discriminator: from {checkpoint}"
+    sub = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not sub:
+        why = f"no '{prefix}*' weights in {checkpoint}"
+        return random_init(why, loud if released else print)
+    others = sorted(key for key in state if not key.startswith(prefix))
+    report = load_discriminator_state(
+        discriminator, sub, source=f"{checkpoint} [{prefix}*]",
+        ignored={"not the discriminator (the VA-VAE loader reports these)": others})
+    print(report.describe(), flush=True)
+    return f"discriminator: {report.loaded} tensors from {checkpoint} ({prefix}*)"
