@@ -97,7 +97,9 @@ class VAEStageConfig:
     vf_weight: float = MISSING
     distmat_margin: float = MISSING
     cos_margin: float = MISSING
-    disc_start: int = MISSING  # counted in autoencoder optimizer steps
+    # Autoencoder optimizer steps before the generator's GAN term starts (the discriminator learns from one step
+    # earlier). The official config counts Lightning global steps (two per batch): its D is our (D + 1) // 2.
+    disc_start: int = MISSING
     init_from: str = MISSING  # "pretrained", "random" or the name of an earlier stage
 
 
@@ -129,12 +131,14 @@ class VAETrainConfig:
     feature_cache_dtype: str = "float16"  # storage of cached features; float16 halves memory (a cosine target)
     val_seed: int = 1234  # validation posterior samples use generators seeded from this and the batch index
     grid_images: int = 8  # fixed validation images in the per-epoch reconstruction grid
-    log_every_n_steps: int = 10
+    log_every_n_steps: int = 10  # autoencoder steps between log rows (CSV + TensorBoard) and progress-bar metrics
     checkpoint_every_n_steps: int = 200  # also write last.ckpt every N autoencoder steps (0: epoch ends only)
     save_top_k: int = 2  # best checkpoints by validation PSNR (weights only)
     limit_train_batches: Optional[float] = None
     limit_val_batches: Optional[float] = None
-    progress_bar: bool = False  # Lightning's bar; off by default: one progress line per log interval instead
+    # The stage's tqdm bar in autoencoder steps (microdoppler_finetune.utils.progress: live in a terminal or
+    # notebook, a plain line every 30 s in a log file) and one validation line per epoch; false: neither.
+    progress_bar: bool = True
 
 
 @dataclass

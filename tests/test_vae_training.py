@@ -119,11 +119,17 @@ class Record(pl.Callback):
         metrics = trainer.callback_metrics
         disc_changed = any(not torch.equal(a, b) for a, b in zip(self._disc_before,
                                                                 pl_module.discriminator.parameters()))
+        disc_state = [trainer.optimizers[1].state.get(p, {}) for p in pl_module.discriminator.parameters()]
+        adam_steps = {int(state["step"]) for state in disc_state if "step" in state} or {0}
+        assert len(adam_steps) == 1
         self.rows.append({
             "ae_steps_before": self._ae_before, "ae_steps_after": pl_module.ae_steps,
             "global_step": trainer.global_step, "loss": float(metrics["train_loss"]),
             "lambda_adv": float(metrics["train_lambda_adv"]), "g_loss": float(metrics["train_g_loss"]),
             "disc_loss": float(metrics["train_disc_loss"]), "disc_changed": disc_changed,
+            "disc_adam_step": adam_steps.pop(),
+            "disc_moments_zero": all(not state or (not state["exp_avg"].any() and not state["exp_avg_sq"].any())
+                                     for state in disc_state),
         })
 
 
@@ -134,9 +140,26 @@ def test_schedule_file_holds_the_released_recipe():
     stages = S.resolve_stages(load_config("p100"))
     assert [s["name"] for s in stages] == ["stage1", "stage2", "stage3"]
     assert [(s["vf_weight"], s["distmat_margin"], s["cos_margin"], s["disc_start"], s["init_from"])
-            for s in stages] == [(0.5, 0.0, 0.0, 5001, "pretrained"), (0.1, 0.0, 0.0, 1, "stage1"),
+            for s in stages] == [(0.5, 0.0, 0.0, 2501, "pretrained"), (0.1, 0.0, 0.0, 1, "stage1"),
                                  (0.1, 0.25, 0.5, 1, "stage2")]
     assert [(s["epochs"], s["learning_rate"]) for s in stages] == [(45, 1e-4), (15, 5e-5), (30, 2e-5)]
+    # disc_start counts autoencoder steps; the official values (5001 -> 1 -> 1) count Lightning global steps.
+    assert [S.official_disc_start(s) for s in stages] == [5001, 1, 1]
+
+
+def test_official_disc_start_conversion():
+    """The official rule at batch k: GAN term on when 2k >= D, discriminator learning when 2k + 1 >= D."""
+    for official in (0, 1, 2, 5, 5001, 50001):
+        ours = S.disc_start_from_official(official)
+        first_gan = next(k for k in range(10**6) if 2 * k >= official)
+        first_disc = next(k for k in range(10**6) if 2 * k + 1 >= official)
+        assert ours == first_gan  # our rule: GAN term once `ours` autoencoder steps are done
+        ours_disc = max(0, ours - 1)  # our rule: the discriminator learns from one step earlier
+        if official % 2 == 1 or official == 0:
+            assert ours_disc == first_disc and S.official_disc_start({"disc_start": ours}) == official
+        else:  # an even official value: our discriminator starts one step early
+            assert ours_disc == first_disc - 1
+    assert S.disc_start_from_official(5001) == 2501 and S.disc_start_from_official(50001) == 25001
 
 
 def test_schedule_overrides_and_errors(tmp_path):
@@ -265,23 +288,45 @@ def test_optimizers_use_the_configured_learning_rate_in_every_stage(tmp_path, ta
             assert reader.betas == [(0.5, 0.9), (0.5, 0.9)]
 
 
-def test_disc_start_counts_autoencoder_steps(tmp_path, target_cache):
-    # 12 batches, accumulation 2 -> 6 autoencoder steps; the GAN starts after 3 of them (disc_start=3).
+def test_disc_start_counts_autoencoder_steps_and_warms_the_disc_optimizer(tmp_path, target_cache):
+    # 12 batches, accumulation 2 -> 6 autoencoder steps. disc_start=3: the GAN term once 3 steps are done, the
+    # discriminator learning from one step earlier, zero-gradient discriminator steps before that.
     module = build_module(tmp_path, target_cache, stage_dict(disc_start=3), "vae_train.gradient_accumulation=2")
     record = Record()
     trainer = fit(module, random_images(12), batch_size=1, callbacks=[record])
     assert module.ae_steps == 6
     for row in record.rows:
-        if row["ae_steps_before"] < 3:
-            assert row["lambda_adv"] == 0 and row["g_loss"] == 0 and row["disc_loss"] == 0
-            assert not row["disc_changed"]
-        else:
-            assert row["lambda_adv"] > 0 and row["disc_loss"] > 0
-    # The discriminator steps at the end of each active accumulation window only.
-    assert [r["disc_changed"] for r in record.rows if r["ae_steps_before"] >= 3] == [False, True] * 3
-    assert module.disc_steps == 3
-    # Lightning's global_step counts both optimizers: it is not the autoencoder step count.
-    assert trainer.global_step == 6 + 3
+        gan_on = row["ae_steps_before"] >= 3
+        assert (row["lambda_adv"] > 0) == gan_on and (row["g_loss"] != 0) == gan_on
+        assert (row["disc_loss"] > 0) == (row["ae_steps_before"] >= 2)
+    # Weights change only at the end of a learning window; before, the optimizer steps with zero gradients:
+    # Adam's step count advances (as in the official code), its moments stay zero, the weights do not move.
+    assert [r["disc_changed"] for r in record.rows] == [False] * 4 + [False, True] * 4
+    assert [r["disc_adam_step"] for r in record.rows] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
+    assert all(r["disc_moments_zero"] for r in record.rows[:4]) and not record.rows[5]["disc_moments_zero"]
+    assert module.disc_steps == 6
+    # Both optimizers step once per autoencoder step: Lightning's global_step is twice the autoencoder step count,
+    # as in the official run (whose disc_start is compared with that global_step).
+    assert trainer.global_step == 2 * 6
+
+
+def test_released_stage1_disc_start_starts_the_gan_where_the_official_run_does(tmp_path, target_cache):
+    """The released stage 1 (official disc_start 5001, two global steps per batch): the generator's adversarial
+    term is first non-zero at batch 2501 (0-based: 2k >= 5001), i.e. the 2502nd autoencoder step; the
+    discriminator first learns at batch 2500 (2k + 1 >= 5001)."""
+    stage1 = S.resolve_stages(load_config("p100"))[0]
+    assert stage1["disc_start"] == 2501
+    official_first_gan_batch = next(k for k in range(10**5) if 2 * k >= 5001)
+    official_first_disc_batch = next(k for k in range(10**5) if 2 * k + 1 >= 5001)
+    module = build_module(tmp_path, target_cache, dict(stage1, init_from="random", learning_rate=1e-3))
+    module.ae_steps = 2498  # skip to just before the start (the counter is the module's, not Lightning's)
+    record = Record()
+    fit(module, random_images(5), batch_size=1, callbacks=[record])
+    first_gan = next(r["ae_steps_before"] for r in record.rows if r["lambda_adv"] > 0 and r["g_loss"] != 0)
+    first_disc = next(r["ae_steps_before"] for r in record.rows if r["disc_changed"])
+    assert first_gan == official_first_gan_batch == 2501  # done steps: the 2502nd autoencoder step
+    assert first_disc == official_first_disc_batch == 2500
+    assert all(r["lambda_adv"] == 0 and r["g_loss"] == 0 for r in record.rows if r["ae_steps_before"] < 2501)
 
 
 def test_gradient_clipping_applies_under_manual_optimisation(tmp_path, target_cache):
@@ -451,7 +496,10 @@ def test_nonfinite_stop_writes_a_checkpoint_and_a_clear_status(tiny_dataset, tmp
 
 @pytest.mark.ddp
 def test_ddp_two_cpu_processes(tiny_dataset, tmp_path, random_lpips_backbone):
-    """2-process DDP on CPU (gloo) with manual optimisation, through the real command line."""
+    """2-process DDP on CPU (gloo) with manual optimisation, through the real command line.
+
+    disc_start=2 over 3 autoencoder steps: a zero-gradient discriminator step, a discriminator update, then the
+    GAN term as well."""
     import subprocess
     import sys
 
@@ -460,7 +508,7 @@ def test_ddp_two_cpu_processes(tiny_dataset, tmp_path, random_lpips_backbone):
             "vae.vf_model=vit_small_patch14_dinov2", "vae.vf_pretrained=false", "vae_loss.lpips_net=alex",
             "vae_loss.disc_channels=8", "vae_loss.disc_num_layers=2", "vae_train.accelerator=cpu",
             "vae_train.devices=2", "vae_train.stage_overrides.stage1.epochs=1",
-            "vae_train.stage_overrides.stage1.disc_start=1", "vae_train.limit_train_batches=3",
+            "vae_train.stage_overrides.stage1.disc_start=2", "vae_train.limit_train_batches=3",
             "vae_train.grid_images=2"]
     command = [sys.executable, "-m", "vae_training.vavae_finetune", "--preset", "cpu_demo", "--stages", "1",
                "--work_dir", str(work), "--dataset_dir", str(tiny_dataset), "--batch_size", "2"]
@@ -472,3 +520,4 @@ def test_ddp_two_cpu_processes(tiny_dataset, tmp_path, random_lpips_backbone):
     result = S.StageFolder(work / "vae", "stage1").read_result()
     assert result.status == S.STATUS_FINISHED and "x2" in result.hardware and "DDP" in result.hardware
     assert result.ae_steps == 3 and result.chosen_metric is not None
+    assert result.global_step == 2 * 3  # both optimizers stepped at every autoencoder step

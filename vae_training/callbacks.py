@@ -1,5 +1,7 @@
 """Lightning callbacks of the VA-VAE stages: stopping cleanly, resumable checkpoints, figures, progress.
 
+Every count here is in autoencoder optimizer steps (``pl_module.ae_steps``), the unit of the schedule and the logs.
+
 All of them are DDP-safe: decisions that change control flow are taken on rank 0 and broadcast, checkpoint
 saves are called on every rank (Lightning writes on rank 0), figures are drawn on rank 0 only.
 """
@@ -7,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
+
+from microdoppler_finetune.utils.progress import progress
 
 STOP_TIME_BUDGET = "time_budget"
 STOP_AE_STEPS = "stop_after_ae_steps"
@@ -122,12 +127,16 @@ class ReconstructionGrid(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero or self.images.numel() == 0:
             return
-        from torchvision.utils import save_image
+        from torchvision.utils import make_grid, save_image
 
         recon = pl_module.reconstruct_for_display(self.images)
-        grid = torch.cat([self.images.cpu(), recon.cpu()]).clamp(-1, 1) * 0.5 + 0.5
+        images = torch.cat([self.images.cpu(), recon.cpu()]).clamp(-1, 1) * 0.5 + 0.5
+        grid = make_grid(images, nrow=len(self.images), padding=2)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        save_image(grid, self.out_dir / f"epoch_{trainer.current_epoch:03d}.png", nrow=len(self.images), padding=2)
+        save_image(grid, self.out_dir / f"epoch_{trainer.current_epoch:03d}.png")
+        for logger in trainer.loggers:  # the same grid in TensorBoard, at the autoencoder step
+            if isinstance(logger, pl.loggers.TensorBoardLogger):
+                logger.experiment.add_image("val_reconstructions", grid, global_step=pl_module.ae_steps)
 
 
 def read_metric_rows(logs_dir: Path) -> list[dict]:
@@ -208,8 +217,8 @@ class LossCurves(pl.Callback):
     def _draw(self, trainer, pl_module):
         if not trainer.is_global_zero or self._drawn_at == pl_module.ae_steps:
             return
-        if trainer.logger is not None:
-            trainer.logger.save()  # flush buffered CSV rows first
+        for logger in trainer.loggers:
+            logger.save()  # flush buffered CSV rows first
         plot_loss_curves(self.logs_dir, self.out_png, self.title)
         self._drawn_at = pl_module.ae_steps
 
@@ -220,40 +229,64 @@ class LossCurves(pl.Callback):
         self._draw(trainer, pl_module)
 
 
-class ProgressPrinter(pl.Callback):
-    """One plain line every N autoencoder steps (readable in notebook cells and log files, unlike a bar)."""
+class StageProgress(pl.Callback):
+    """The stage's progress bar: microdoppler_finetune.utils.progress (tqdm), counted in autoencoder steps over
+    the whole stage (a resumed stage starts at its step), with the latest loss terms and adaptive weights every
+    ``every_n_ae_steps`` and one line of validation metrics per epoch.
 
-    def __init__(self, stage_name: str, every_n_ae_steps: int, total_ae_steps: Optional[int] = None):
+    Live in a terminal or notebook; in a log file one plain-ASCII line every 30 s. Lightning's own bar is off:
+    this is the one progress display of the VA-VAE training. MDF_PROGRESS=0 hides the bar.
+    """
+
+    SHOWN = ("train_loss", "train_nll", "train_vf", "train_lambda_vf", "train_g_loss", "train_lambda_adv",
+             "train_disc_loss")
+    SHOWN_VAL = ("val_psnr", "val_loss", "val_l1", "val_lpips", "val_vf")
+
+    def __init__(self, stage_name: str, total_ae_steps: int, every_n_ae_steps: int = 10):
         self.stage_name = stage_name
+        self.total = max(1, int(total_ae_steps))
         self.every = max(1, int(every_n_ae_steps))
-        self.total = total_ae_steps
-        self._last_print = None
-        self._t0 = None
-        self._steps0 = 0
-        self._printed_at = -1
+        self.bar = None
+        self._shown_at = None
 
     def on_train_start(self, trainer, pl_module):
-        self._t0 = time.time()
-        self._steps0 = pl_module.ae_steps
+        if not trainer.is_global_zero:
+            return
+        self.bar = progress(desc=self.stage_name, total=self.total, unit="step", initial=pl_module.ae_steps)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.bar is not None:
+            self.bar.set_description(f"{self.stage_name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",
+                                     refresh=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        steps = pl_module.ae_steps
-        if not trainer.is_global_zero or steps % self.every != 0 or steps == self._printed_at or steps == 0:
+        if self.bar is None:
             return
-        self._printed_at = steps
-        done = steps - self._steps0
-        elapsed = time.time() - (self._t0 or time.time())
-        per_step = elapsed / done if done > 0 else float("nan")
+        steps = pl_module.ae_steps
+        if steps % self.every == 0 and steps != self._shown_at:
+            self._shown_at = steps
+            metrics = trainer.callback_metrics
+            self.bar.set_postfix_str(" ".join(f"{key[6:]}={float(metrics[key]):.4g}" for key in self.SHOWN
+                                              if key in metrics), refresh=False)
+        if steps > self.bar.n:
+            self.bar.update(steps - self.bar.n)  # redraws at most every mininterval (30 s in a log file)
+
+    def on_validation_end(self, trainer, pl_module):
+        if self.bar is None or trainer.sanity_checking:
+            return
         metrics = trainer.callback_metrics
-        shown = []
-        for key in ("train_loss", "train_nll", "train_vf", "train_lambda_vf", "train_g_loss", "train_lambda_adv",
-                    "train_disc_loss"):
-            if key in metrics:
-                shown.append(f"{key[6:]}={float(metrics[key]):.4g}")
-        eta = ""
-        if self.total:
-            remaining = max(0, self.total - steps) * per_step
-            eta = f" eta {remaining / 60:.1f} min"
-        total = f"/{self.total}" if self.total else ""
-        print(f"[{self.stage_name}] epoch {trainer.current_epoch} step {steps}{total} "
-              f"({per_step:.2f} s/step{eta}) " + " ".join(shown), flush=True)
+        shown = " ".join(f"{key[4:]}={float(metrics[key]):.4g}" for key in self.SHOWN_VAL if key in metrics)
+        self.bar.write(f"[{self.stage_name}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} at autoencoder "
+                       f"step {pl_module.ae_steps}: validation {shown}")
+        sys.stdout.flush()
+
+    def on_train_end(self, trainer, pl_module):
+        self._close()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._close()
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,9 +1,17 @@
 """The Lightning module of one VA-VAE fine-tuning stage (manual optimisation, two optimizers).
 
-Per batch: one autoencoder update (reconstruction NLL + KL + VF alignment + adaptive-weighted GAN term) and,
-once the GAN is active, one discriminator update — the Lightning GAN recipe (toggle_optimizer /
-manual_backward / untoggle_optimizer). Counters that decide behaviour are ours, not Lightning's:
-``ae_steps`` counts autoencoder optimizer steps (Lightning's global_step counts both optimizers).
+Per batch: one autoencoder update (reconstruction NLL + KL + VF alignment + adaptive-weighted GAN term) and one
+discriminator optimizer step — the Lightning GAN recipe (toggle_optimizer / manual_backward /
+untoggle_optimizer). Counters that decide behaviour are ours, not Lightning's: ``ae_steps`` counts autoencoder
+optimizer steps, the one unit of the schedule, the logs and the progress bar (Lightning's global_step counts
+the steps of both optimizers, two per autoencoder step).
+
+When the GAN starts (``disc_start``, in autoencoder steps): the generator's adversarial term is on once
+``disc_start`` autoencoder steps are done; the discriminator learns from one autoencoder step earlier; before
+that its optimizer steps with zero gradients. This is what the official code does with its global step
+G = 2·disc_start − 1 (it compares G with a global step that advances twice per batch, evaluates the
+discriminator's update after the autoencoder's, and multiplies the discriminator loss by 0 before G): Adam's
+step count is then warm when the GAN switches on. See vae_training/vavae_microdoppler_config.yaml.
 
 Validation is deterministic: each batch draws its posterior sample with a torch.Generator seeded from
 ``val_seed`` and the batch index, and every validation number (losses, PSNR, L1, LPIPS) is computed on that
@@ -82,7 +90,7 @@ class VAVAEFineTuneModule(pl.LightningModule):
         self.val_seed = int(self.train_cfg.get("val_seed", 1234))
         # Counters saved in checkpoints (on_save_checkpoint) so a resumed stage continues them.
         self.ae_steps = 0
-        self.disc_steps = 0
+        self.disc_steps = 0  # discriminator optimizer steps, the zero-gradient ones before it learns included
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.amp_skipped_steps = 0
@@ -166,8 +174,14 @@ class VAVAEFineTuneModule(pl.LightningModule):
 
     @property
     def gan_active(self) -> bool:
-        """GAN term and discriminator updates start once ``disc_start`` autoencoder steps are done."""
+        """The generator's adversarial term is on once ``disc_start`` autoencoder steps are done."""
         return self.ae_steps >= int(self.stage["disc_start"])
+
+    @property
+    def disc_learning(self) -> bool:
+        """The discriminator learns from one autoencoder step before the generator's GAN term starts (as the
+        official code, which evaluates its discriminator update one global step after the autoencoder's)."""
+        return self.ae_steps >= int(self.stage["disc_start"]) - 1
 
     @torch.no_grad()
     def alignment_features(self, batch: dict, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +258,7 @@ class VAVAEFineTuneModule(pl.LightningModule):
             self._skip_window = False
         x = batch["image"]
         features = self.alignment_features(batch, x)
-        gan = self.gan_active
+        gan, disc_learns = self.gan_active, self.disc_learning  # before this batch's step changes ae_steps
 
         # ---- autoencoder update (the discriminator is frozen by toggle_optimizer while it runs)
         self.toggle_optimizer(opt_ae)
@@ -271,9 +285,9 @@ class VAVAEFineTuneModule(pl.LightningModule):
                 opt_ae.zero_grad(set_to_none=True)
         self.untoggle_optimizer(opt_ae)
 
-        # ---- discriminator update (only once the GAN is active, on detached reconstructions)
+        # ---- discriminator update (on detached reconstructions), or a zero-gradient step before it learns
         d_log: dict[str, torch.Tensor] = {}
-        if gan and ae_ok and not self._skip_window:
+        if disc_learns and ae_ok and not self._skip_window:
             self.toggle_optimizer(opt_d)
             d_loss, d_log = L.discriminator_loss(self.discriminator, x, out.reconstruction)
             if self._all_ranks_finite(d_loss):
@@ -289,6 +303,8 @@ class VAVAEFineTuneModule(pl.LightningModule):
                                             f"discriminator step skipped.")
             self.untoggle_optimizer(opt_d)
         else:
+            if is_step and ae_ok and not self._skip_window:
+                self._zero_gradient_disc_step(opt_d)
             zero = torch.zeros((), device=x.device)
             d_log = {"disc_loss": zero, "logits_real": zero, "logits_fake": zero}
 
@@ -297,6 +313,21 @@ class VAVAEFineTuneModule(pl.LightningModule):
             pl.utilities.rank_zero_warn(
                 f"Stopping: {self.nonfinite_in_a_row} non-finite losses/gradients in a row. Try a lower "
                 f"--learning_rate, --gradient_clip_val, fp32 (--precision 32) or --detect_anomaly.")
+
+    def _zero_gradient_disc_step(self, opt_d) -> None:
+        """One discriminator optimizer step with zero gradients, before the discriminator learns.
+
+        The official code steps its discriminator optimizer every batch and multiplies the discriminator loss by 0
+        before disc_start: gradients are zero, so Adam's moments stay zero and the weights do not move, but
+        Adam's step count advances. When the GAN switches on, the bias corrections are then those of a long run
+        (≈1) rather than of a fresh optimizer; with betas (0.5, 0.9) the first real updates are up to ~1.7x larger.
+        No discriminator forward pass is needed for that: the gradients are set to zero directly.
+        """
+        for param in self.discriminator.parameters():
+            param.grad = torch.zeros_like(param)
+        opt_d.step()
+        self.disc_steps += 1
+        opt_d.zero_grad(set_to_none=True)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Gradient clipping that really applies under manual optimisation.
@@ -318,6 +349,7 @@ class VAVAEFineTuneModule(pl.LightningModule):
         values.update({f"train_{k}": v.float() for k, v in d_log.items()})
         values["train_gan_active"] = torch.tensor(float(gan))
         values["train_ae_step"] = torch.tensor(float(self.ae_steps))
+        values.update(self._logger_step())
         values["train_nonfinite_total"] = torch.tensor(float(self.nonfinite_total))
         if self._amp_scaler() is not None:
             values["train_amp_scale"] = torch.tensor(self._amp_scale())
@@ -331,6 +363,12 @@ class VAVAEFineTuneModule(pl.LightningModule):
         values["train_lr_ae"] = torch.tensor(float(opt_ae.param_groups[0]["lr"]))
         values["train_lr_disc"] = torch.tensor(float(opt_d.param_groups[0]["lr"]))
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=False)
+
+    def _logger_step(self, device=None) -> dict[str, torch.Tensor]:
+        """'step' and 'epoch' of the log rows: Lightning hands a logged 'step' to every logger as the x value, so
+        the CSV and TensorBoard logs count autoencoder steps, like the schedule (not Lightning's batches)."""
+        return {"step": torch.tensor(float(self.ae_steps), device=device),
+                "epoch": torch.tensor(float(self.current_epoch), device=device)}
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -358,6 +396,7 @@ class VAVAEFineTuneModule(pl.LightningModule):
         elif self.frozen.perceptual is not None:
             values["val_lpips"] = L.per_sample_lpips(self.frozen.perceptual, x.float(), recon).mean()
         values["val_ae_step"] = torch.tensor(float(self.ae_steps), device=x.device)
+        values.update(self._logger_step(x.device))
         self.log_dict(values, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
 
     @torch.no_grad()

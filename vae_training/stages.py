@@ -5,11 +5,17 @@ A stage's folder is ``<work_dir>/vae/<stage name>/``::
     config.yaml          resolved config of the run (written at the stage's first start)
     stage_result.json    status, chosen (best validation metric) and last checkpoints, metrics, alignment target
     checkpoints/         last.ckpt (full training state) and epoch=NNN-val_psnr=XX.XX.ckpt (weights only)
-    logs/                CSV logs, one version folder per run segment (a resumed run adds one)
+    logs/                version_N/: metrics.csv and a TensorBoard event file of one run segment (a resumed run
+                         adds a version); x values are autoencoder steps. `tensorboard --logdir <work_dir>`
     reconstructions/     epoch_NNN.png: fixed validation inputs above, reconstructions below
     loss_curves.png      every logged loss term and adaptive weight
 
 Later stages and later pipeline steps find checkpoints only through ``stage_result.json``.
+
+One unit: every step count of the schedule (``disc_start``), the config (``stop_after_ae_steps``,
+``checkpoint_every_n_steps``, ``log_every_n_steps``), the logs and the progress bar is an autoencoder optimizer
+step. The official code counts Lightning's global step instead, which advances twice per batch; ``disc_start``
+S here is its global step 2·S − 1 (``official_disc_start`` / ``disc_start_from_official``).
 """
 from __future__ import annotations
 
@@ -63,6 +69,22 @@ def _check_stage(stage: dict, where: str) -> None:
                          f"allowed: {', '.join(STAGE_FIELDS)}.")
     if int(stage["epochs"]) < 1 or float(stage["learning_rate"]) <= 0 or int(stage["disc_start"]) < 0:
         raise ValueError(f"{where}: stage '{stage['name']}' needs epochs >= 1, learning_rate > 0, disc_start >= 0.")
+
+
+def disc_start_from_official(global_step: int) -> int:
+    """Our disc_start (autoencoder steps) for an official disc_start (Lightning global steps, two per batch).
+
+    Official rule, at batch k (0-based, one autoencoder and one discriminator step per batch): the generator's
+    GAN term is on when 2k >= D, the discriminator learns when 2k + 1 >= D (its update comes one global step
+    later). Ours with S = (D + 1) // 2: the GAN term is on when k >= S, the discriminator learns when k >= S − 1.
+    Exact for odd D (5001 -> 2501, 50001 -> 25001, 1 -> 1); for even D the discriminator starts one step early.
+    """
+    return (max(0, int(global_step)) + 1) // 2
+
+
+def official_disc_start(stage: dict) -> int:
+    """The official disc_start (Lightning global steps) that starts the GAN where this stage's disc_start does."""
+    return max(0, 2 * int(stage["disc_start"]) - 1)
 
 
 def resolve_stages(cfg: DictConfig) -> list[dict]:
@@ -147,6 +169,14 @@ def parse_duration(text: Optional[str | float | int]) -> Optional[float]:
 
 
 # ----------------------------------------------------------------------------------------------- run folder
+
+
+def next_log_version(logs_dir: Path) -> str:
+    """The log folder name of a new run segment: version_<1 + the highest existing one>. Given to both loggers,
+    so the CSV and TensorBoard logs of one segment share one folder."""
+    numbers = [int(p.name[len("version_"):]) for p in Path(logs_dir).glob("version_*")
+               if p.is_dir() and p.name[len("version_"):].isdigit()]
+    return f"version_{max(numbers, default=-1) + 1}"
 
 
 @dataclass

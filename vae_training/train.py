@@ -39,8 +39,8 @@ from vae_training.callbacks import (
     GracefulStop,
     LastCheckpoint,
     LossCurves,
-    ProgressPrinter,
     ReconstructionGrid,
+    StageProgress,
     ValidationHistory,
 )
 from vae_training.hardware import trainer_hardware
@@ -235,17 +235,19 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
         history,
         ReconstructionGrid(datamodule.fixed_val_images(int(train.grid_images)), folder.reconstructions),
         LossCurves(folder.logs, folder.loss_curves, title=f"{stage['name']}: {target.description}"),
-        ProgressPrinter(stage["name"], int(train.log_every_n_steps), steps_per_epoch * int(stage["epochs"])),
     ]
+    if bool(train.progress_bar):
+        callbacks.append(StageProgress(stage["name"], steps_per_epoch * int(stage["epochs"]),
+                                       int(train.log_every_n_steps)))
     trainer = pl.Trainer(
         accelerator=hardware["accelerator"], devices=hardware["devices"], strategy=hardware["strategy"],
         # A 16-mixed run passes its precision as a plugin (own grad scaler), which excludes the precision flag.
         precision=None if hardware["plugins"] else hardware["precision"], plugins=hardware["plugins"] or None,
         max_epochs=int(stage["epochs"]),
-        logger=pl.loggers.CSVLogger(str(folder.root), name="logs"),
-        callbacks=callbacks, detect_anomaly=bool(train.detect_anomaly), num_sanity_val_steps=0,
-        enable_progress_bar=bool(train.progress_bar), enable_model_summary=False,
-        log_every_n_steps=max(1, int(train.log_every_n_steps)),
+        logger=stage_loggers(folder), callbacks=callbacks, detect_anomaly=bool(train.detect_anomaly),
+        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,  # StageProgress instead
+        # Lightning counts log intervals in batches: one autoencoder step is `gradient_accumulation` batches.
+        log_every_n_steps=max(1, int(train.log_every_n_steps)) * max(1, int(train.gradient_accumulation)),
         limit_train_batches=train.limit_train_batches, limit_val_batches=train.limit_val_batches,
         default_root_dir=str(folder.root),
     )
@@ -297,6 +299,14 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
     return result
 
 
+def stage_loggers(folder: S.StageFolder) -> list:
+    """CSV and TensorBoard logs of one run segment, side by side in ``<stage>/logs/version_N/`` (a resumed run
+    adds a version). Both get the same rows; their x value is the autoencoder step (the module logs 'step')."""
+    version = S.next_log_version(folder.logs)
+    return [pl.loggers.CSVLogger(str(folder.root), name="logs", version=version),
+            pl.loggers.TensorBoardLogger(str(folder.root), name="logs", version=version, default_hp_metric=False)]
+
+
 INITIAL_WEIGHTS = "initial_weights.safetensors"
 
 
@@ -341,8 +351,9 @@ def _announce(stage, built: StageModel, hardware, steps_per_epoch, folder) -> No
         return
     lines = [
         f"=== VA-VAE {stage['name']}: {stage['epochs']} epochs, lr {stage['learning_rate']}, vf_weight "
-        f"{stage['vf_weight']}, margins {stage['distmat_margin']}/{stage['cos_margin']}, disc_start "
-        f"{stage['disc_start']} (autoencoder steps), init {stage['init_from']} ===",
+        f"{stage['vf_weight']}, margins {stage['distmat_margin']}/{stage['cos_margin']}, GAN term after "
+        f"{stage['disc_start']} autoencoder steps (disc_start; official global step {S.official_disc_start(stage)}), "
+        f"init {stage['init_from']} ===",
         f"    model: {'; '.join(built.notes)}",
         f"    alignment target: {built.target.description}",
         f"    perceptual loss: {built.perceptual_description}",
