@@ -43,6 +43,7 @@ from microdoppler_finetune.simulator.people import (
 from microdoppler_finetune.simulator.radar import RadarSettings, column_times_s, frame_slices, stft_power
 from microdoppler_finetune.simulator.render import colormap_lut, encode_jpeg, spectrogram_image
 from microdoppler_finetune.simulator.scene import nominal_cycle_duration, simulate_signal
+from microdoppler_finetune.utils.files import TMP_MARK, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 SIMULATOR_VERSION = "1.0.0"
 GENERATOR = "microdoppler_finetune.simulator"
@@ -143,7 +144,7 @@ def _run_task(task: RecordingTask, out_dir: str, lut: np.ndarray) -> List[dict]:
     for frame, (rgb, t0, t1) in enumerate(frame_images(power, task.num_frames, task.settings, task.image_size,
                                                        lut), start=1):
         name = image_file_name(task.person_index, base["recording"], frame)
-        (folder / name).write_bytes(encode_jpeg(rgb))
+        atomic_write_bytes(folder / name, encode_jpeg(rgb))  # a killed run never leaves half an image
         records.append(dict(base, file=name, frame=frame, t_start_s=t0, t_end_s=t1))
     return records
 
@@ -170,6 +171,13 @@ def _is_simulator_marker(path: Path) -> bool:
         return False
 
 
+def _final_name(name: str) -> str:
+    """The final name of one of our temporary files (``.<name>.tmp-<pid>``), else ``name`` itself."""
+    if name.startswith(".") and TMP_MARK in name:
+        return name[1:name.rindex(TMP_MARK)]
+    return name
+
+
 def _our_files(out_dir: Path) -> Tuple[List[Path], List[Path]]:
     """Files a previous simulation wrote (by name and place) and the folders that held them. Symbolic
     links are never followed: they may point at a user's real data."""
@@ -185,8 +193,9 @@ def _our_files(out_dir: Path) -> Tuple[List[Path], List[Path]]:
             folders.append(cdir)
     for person_dir in candidates:
         for f in person_dir.iterdir():
-            if f.is_file() and not f.is_symlink() and (IMAGE_NAME.match(f.name) or f.name == PARAMETERS_FILE):
-                files.append(f)
+            if f.is_file() and not f.is_symlink() and (IMAGE_NAME.match(_final_name(f.name))
+                                                        or _final_name(f.name) == PARAMETERS_FILE):
+                files.append(f)  # ours, or the temporary of one of ours left by a killed run
         folders.insert(0, person_dir)
     for name in (INFO_FILE, IN_PROGRESS_FILE):
         if (out_dir / name).is_file():
@@ -280,8 +289,7 @@ def simulate_dataset(out_dir, *, people: int = 31, per_person: int = 150, seed: 
     out_dir = prepare_output_dir(out_dir)
     args = {"people": people, "per_person": per_person, "seed": seed, "image_size": image_size, "layout": layout,
             "conditions": list(conditions), "recordings_per_person": recordings_per_person, "colormap": colormap}
-    (out_dir / IN_PROGRESS_FILE).write_text(json.dumps({"generator": GENERATOR, "version": SIMULATOR_VERSION,
-                                                         "args": args}, indent=2))
+    atomic_write_json(out_dir / IN_PROGRESS_FILE, {"generator": GENERATOR, "version": SIMULATOR_VERSION, "args": args})
 
     tasks = plan_tasks(people=people, per_person=per_person, seed=seed, image_size=image_size, layout=layout,
                        conditions=conditions, recordings_per_person=recordings_per_person, settings=settings)
@@ -316,7 +324,7 @@ def simulate_dataset(out_dir, *, people: int = 31, per_person: int = 150, seed: 
 
     for folder, folder_records in records.items():
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in folder_records)
-        (out_dir / folder / PARAMETERS_FILE).write_text(lines)
+        atomic_write_text(out_dir / folder / PARAMETERS_FILE, lines)
     elapsed = time.perf_counter() - start
     summary = {
         "generator": GENERATOR,
@@ -334,7 +342,7 @@ def simulate_dataset(out_dir, *, people: int = 31, per_person: int = 150, seed: 
         "workers": workers,
         "numpy_version": np.__version__,
     }
-    (out_dir / INFO_FILE).write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out_dir / INFO_FILE, summary)  # last: its presence means the simulation finished
     (out_dir / IN_PROGRESS_FILE).unlink()
     if progress:
         print(f"[simulate] wrote {total} images of {people} people to {out_dir} in {elapsed:.1f} s "
