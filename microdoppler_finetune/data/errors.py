@@ -24,3 +24,7 @@ class OutputInsideDataError(DatasetError):
 
 class ManifestFormatError(DatasetError):
     """manifest.csv / user_labels.json are missing, incomplete or inconsistent."""
+
+
+class UnreadableFolderError(DatasetError):
+    """A folder of the data cannot be listed (permissions, I/O error)."""

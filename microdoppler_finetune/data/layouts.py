@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple, Optional
 
-from .errors import UnknownLayoutError
+from .errors import UnknownLayoutError, UnreadableFolderError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -132,16 +132,51 @@ def _visible(entry: os.DirEntry) -> bool:
     return not (entry.name.startswith(".") or entry.name.startswith("__"))
 
 
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """The visible entries of ``folder``; a folder that cannot be listed stops the scan (its images would be
+    missing silently otherwise)."""
+    try:
+        with os.scandir(folder) as it:
+            return [e for e in it if _visible(e)]
+    except OSError as exc:
+        raise UnreadableFolderError(
+            f"Cannot list the folder {folder} ({type(exc).__name__}: {exc.strerror or exc}). Its images would be "
+            f"missing from the dataset. Fix its permissions (e.g. chmod -R u+rX on it), or move it out of the data "
+            f"folder to leave it out on purpose.") from exc
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symbolic link loop
+        return False
+
+
+def _is_file_like(entry: os.DirEntry) -> bool:
+    """A regular file, or a symbolic link that leads nowhere (loop, missing target): such a link with an image
+    name is kept so validation lists it as unreadable instead of the image disappearing without a word."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not entry.is_dir())
+    except OSError:  # ELOOP from following a symbolic link loop
+        return True
+
+
 def _subdirs(folder: Path) -> list[Path]:
-    with os.scandir(folder) as it:
-        dirs = [Path(e.path) for e in it if _visible(e) and e.is_dir()]
+    dirs = [Path(e.path) for e in _entries(folder) if _is_dir(e)]
     return sorted(dirs, key=lambda p: natural_key(p.name))
 
 
 def _files(folder: Path) -> list[Path]:
-    with os.scandir(folder) as it:
-        files = [Path(e.path) for e in it if _visible(e) and e.is_file()]
+    files = [Path(e.path) for e in _entries(folder) if _is_file_like(e)]
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` with symbolic links resolved, or only made absolute when they loop (validation reports it)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
 
 
 def _has_images(folder: Path) -> bool:
@@ -243,7 +278,7 @@ def _collect(folder: Path, root: Path, person: str, condition: str, out: list[Sc
             ignored[f.suffix.lower() or "(no extension)"] += 1
             continue
         parsed = parse_image_name(f.stem)
-        out.append(ScannedImage(path=f.resolve(), rel_path=f.relative_to(root).as_posix(), person=person,
+        out.append(ScannedImage(path=_absolute(f), rel_path=f.relative_to(root).as_posix(), person=person,
                                 condition=condition, recording=parsed.recording, frame=parsed.frame,
                                 name_person=parsed.name_person))
     nested = _subdirs(folder)
@@ -329,7 +364,7 @@ def find_dataset_roots(search_root: Path, max_depth: int = 4) -> list[Path]:
             continue  # its own subfolders are part of this dataset
         except UnknownLayoutError:
             pass
-        except OSError:
+        except (OSError, UnreadableFolderError):
             continue  # unreadable folder: not ours to judge
         if depth < max_depth and not _is_person_folder(folder.name, allow_number=False):
             frontier.extend((d, depth + 1) for d in _subdirs(folder))

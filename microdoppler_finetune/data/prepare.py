@@ -25,7 +25,7 @@ from .leak_check import LeakReport, check_leaks
 from .manifest import LABELS_FILE, MANIFEST_FILE, MANIFEST_FORMAT, render_manifest_csv, sha256_text, write_text_atomic
 from .overlap import MATCH_CORRELATION, features, load_thumbnails, measure_overlap
 from .splits import GAP, SPLITS, SplitUnit, check_fractions, check_split_unit, find_leaks, frame_order, split_cells
-from .validation import REASONS, SKIPPED, ValidationResult, validate_images
+from .validation import REASONS, SKIPPED, ValidationResult, add_scan_problems, validate_images
 
 PROBLEMS_JSON = "problems.json"
 PROBLEMS_CSV = "problems.csv"
@@ -324,7 +324,8 @@ def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, No
         f"files" + (f", ignored non-image files: {dict(scan.ignored_files)}" if scan.ignored_files else ""))
     for note in scan.notes:
         log(f"  note: {note}")
-    validation = validate_images(scan.images, min_side=min_side, max_side=max_side, workers=workers)
+    validation = add_scan_problems(validate_images(scan.images, min_side=min_side, max_side=max_side,
+                                                   workers=workers), scan)
     log(problems_summary(validation))
     _check_every_person_has_images(scan, validation)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +45,9 @@ REASONS = {
     "non_square": (WARNING, "not square; resized to a square at load (the aspect ratio changes)"),
     "large": (WARNING, "very large; resized at load (slow to decode)"),
     "name_person_mismatch": (WARNING, "the file name's ID differs from its person folder; the folder is used"),
+    "unusual_size": (WARNING, "its size differs from most images of the dataset; resized at load like the others"),
+    "missing_person": (WARNING, "people are numbered around this one, but it has no folder: not in the dataset"),
+    "missing_condition": (WARNING, "this person has no folder in this walking condition, others have"),
 }
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -184,6 +189,7 @@ def validate_images(images: Sequence[ScannedImage], *, min_side: int = 32, max_s
     duplicate_problems, dropped = _duplicates(candidates)
     problems.extend(duplicate_problems)
     usable = [(im, ck) for im, ck in candidates if im.rel_path not in dropped]
+    problems.extend(_unusual_sizes(usable))
     problems.sort(key=lambda p: (natural_key(p.path), p.reason))
     return ValidationResult(usable=usable, problems=problems, checked=len(images))
 
@@ -210,3 +216,52 @@ def _duplicates(candidates) -> tuple[list[ImageProblem], set]:
                 problems.append(_problem(image, "duplicate_within_person", f"same content as {copies[0].rel_path}"))
                 dropped.add(image.rel_path)
     return problems, dropped
+
+
+def _unusual_sizes(usable) -> list[ImageProblem]:
+    """Images whose size differs from the most common one (a different radar setting or export, often)."""
+    sizes = Counter((check.width, check.height) for _, check in usable)
+    if len(sizes) < 2:
+        return []
+    (w, h), _ = sizes.most_common(1)[0]
+    flagged = {"non_square", "large"}  # already reported for their size
+    return [_problem(image, "unusual_size", f"{check.width}x{check.height} pixels; most images are {w}x{h}")
+            for image, check in usable if (check.width, check.height) != (w, h)
+            and not flagged & {reason for reason, _ in check.problems}]
+
+
+def scan_problems(scan) -> list[ImageProblem]:
+    """Warnings about the folders rather than the files: a person number missing between others, and (with
+    walking-condition folders) a person absent from a condition the others have."""
+    problems = []
+    numbered = {person_number(p): p for p in scan.persons if person_number(p) is not None}
+    if len(numbered) >= 2:
+        first, last = numbered[min(numbered)], numbered[max(numbered)]
+        spelled = re.match(r"^(\D*)(\d+)$", first)  # "ID_" + "1", or "" + "01"
+        for number in range(min(numbered), max(numbered) + 1):
+            if number in numbered:
+                continue
+            digits = str(number).zfill(len(spelled.group(2)) if spelled.group(2).startswith("0") else 1)
+            name = spelled.group(1) + digits
+            problems.append(ImageProblem(
+                path=name, person=name, condition="", reason="missing_person", severity=WARNING,
+                detail=f"people {first}..{last} have folders, {name} has none; add it if that person was recorded"))
+    if len(scan.conditions) > 1:
+        conditions_of: dict = {}
+        for image in scan.images:
+            conditions_of.setdefault(image.person, set()).add(image.condition)
+        for person in scan.persons:
+            for condition in scan.conditions:
+                if person in conditions_of and condition not in conditions_of[person]:
+                    problems.append(ImageProblem(
+                        path=f"{condition}/{person}", person=person, condition=condition, reason="missing_condition",
+                        severity=WARNING, detail=f"{person} has no images in {condition}; the models never see "
+                                                 f"that pair in training"))
+    return problems
+
+
+def add_scan_problems(validation: ValidationResult, scan) -> ValidationResult:
+    """``validation`` with the folder-level warnings of ``scan`` added (in the usual order)."""
+    validation.problems.extend(scan_problems(scan))
+    validation.problems.sort(key=lambda p: (natural_key(p.path), p.reason))
+    return validation
