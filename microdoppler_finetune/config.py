@@ -33,6 +33,7 @@ class SimulateConfig:
     seed: int = 0
     conditions: Optional[list] = None  # None: the simulator's default set
     recordings_per_person: int = 6  # per person and condition; more recordings = more independent variation
+    band: str = "24GHz"  # radar carrier: 24GHz, 5.8GHz or 77GHz (microdoppler_finetune.simulator.radar.BANDS)
 
 
 @dataclass
@@ -43,6 +44,11 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int = 0
+    split_unit: str = "auto"  # auto | recording | block (step3 --split_unit)
+    split_strict: bool = False  # stop when the content check finds a probable leak (step3 --strict)
+    # "CONDITION[:FRACTION]": for a seeded FRACTION (default 0.5) of the people, every recording in CONDITION is
+    # kept out of every training stage and tested on only (step3 --withhold); "" or None: nothing withheld.
+    withhold: Optional[str] = None
     num_workers: int = 2
     # Off by default: a flipped spectrogram is time-reversed or Doppler-inverted, i.e. not a real sample.
     flip: bool = False
@@ -54,7 +60,7 @@ class VAEModelConfig:
 
     # Size preset (models.vavae.VAVAE_PRESETS) of a model built from scratch; loaded weights bring their own config.
     preset: str = "f16d32"
-    # Released .pt, one of our .ckpt files or an exported folder. None: microdoppler_finetune.weights.release finds it.
+    # Released .pt, one of our .ckpt files or an exported folder. None: weights.locate.find_pretrained finds it.
     pretrained_path: Optional[str] = None
     trust_pickle: bool = False  # allow loading pickled (non weights-only) files: only for files you trust
     # When no pretrained weights are found, stage 1 starts from random weights instead of stopping (CPU demo).
@@ -241,6 +247,10 @@ class DiTSampleConfig:
     batch_size: int = 16
     image_size: Optional[int] = None  # None: the size the latent cache was encoded at
     use_ema: bool = True
+    # With walking conditions: "all" or a comma list of conditions to generate for every person (None: the null
+    # condition), and which person x condition pairs: all | seen | unseen (unseen = withheld from training).
+    conditions: Optional[str] = "all"
+    pairs: str = "all"
 
 
 @dataclass
@@ -279,6 +289,43 @@ class EvaluateConfig:
 
 
 @dataclass
+class StudyConfig:
+    """The augmentation study (run_augmentation_study.py): every knob is chosen on validation, then tested once.
+
+    Defaults are sized for the CPU demo's work dir (about an hour on 2 cores after the demo's stages).
+    """
+
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # classifier init + data order + sampling seed
+    tune_seeds: List[int] = field(default_factory=lambda: [0])  # seeds averaged for each choice on validation
+    # Classifier recipes tried on real data (IdentificationConfig fields); the best on validation is kept for every
+    # later row. The evaluate section gives the starting point (classifier preset, image size, batch size).
+    recipes: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
+        "lr2e-3": {"learning_rate": 2.0e-3},
+        "lr5e-3": {"learning_rate": 5.0e-3},
+        "lr1e-3_long": {"learning_rate": 1.0e-3, "epochs": 50, "patience": 15},
+    })
+    # Conventional augmentations tried (IdentificationConfig fields; "none" trains without augmentation).
+    augmentations: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
+        "none": {},
+        "time_roll": {"max_time_shift": 0.25, "max_doppler_shift": 0.0, "intensity_jitter": 0.0},
+        "mild": {"max_time_shift": 0.25, "max_doppler_shift": 0.02, "intensity_jitter": 0.05},
+        "standard": {"max_time_shift": 0.25, "max_doppler_shift": 0.04, "intensity_jitter": 0.1},
+        "standard+mirror": {"max_time_shift": 0.25, "max_doppler_shift": 0.04, "intensity_jitter": 0.1,
+                            "doppler_flip": 0.5},
+    })
+    guidance_scales: List[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.5, 6.7])
+    amounts: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])  # generated / real training images
+    amount_for_guidance: float = 1.0  # the amount while the guidance scale is chosen
+    filter_thresholds: List[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6])
+    generated_pairs: str = "unseen"  # unseen: only the withheld person x condition pairs; all: every pair
+    # Sampler of the study's generated images (few grid points: the study samples thousands of images).
+    num_sampling_steps: int = 26
+    sampler: str = "euler"
+    sample_batch_size: int = 64
+    cross_condition: bool = True  # train on one condition, test on each other (real only), for every pair
+
+
+@dataclass
 class PipelineConfig:
     run: RunConfig = field(default_factory=RunConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
@@ -289,6 +336,7 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 def preset_path(name: str) -> Path:

@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min_side", type=int, default=32, help="images with a smaller side are skipped (default 32)")
     p.add_argument("--max_side", type=int, default=4096, help="larger images are kept with a warning")
     p.add_argument("--workers", type=int, default=None, help="threads that open and hash images")
+    p.add_argument("--withhold", metavar="CONDITION[:FRACTION]",
+                   help="keep every recording in CONDITION (a name or prefix, e.g. Backpack) of a seeded FRACTION "
+                        "(default 0.5) of the people out of all training: tested on only (plus a few such pairs in "
+                        "validation to tune on)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing manifest made from other inputs/settings (redo the later stages)")
     return p
@@ -75,7 +79,7 @@ def main(argv=None) -> int:
         prepare_dataset(data_root, output_dir, seed=args.seed, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, gap_frames=args.gap_frames,
                         split_unit=args.split_unit, min_recordings=args.min_recordings, strict=args.strict,
-                        min_side=args.min_side, max_side=args.max_side, overwrite=args.overwrite,
+                        min_side=args.min_side, max_side=args.max_side, overwrite=args.overwrite, withhold=args.withhold,
                         workers=args.workers)
     except (DatasetError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

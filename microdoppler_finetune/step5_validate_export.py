@@ -68,7 +68,7 @@ def resolve_choice(args: argparse.Namespace) -> CheckpointChoice:
     if args.run_dir:
         choice = choose_from_run(args.run_dir)
     elif args.checkpoint == PRETRAINED and not Path(PRETRAINED).exists():
-        from microdoppler_finetune.weights.release import find_pretrained
+        from microdoppler_finetune.weights.locate import find_pretrained
 
         found = find_pretrained("vavae")
         if found is None:

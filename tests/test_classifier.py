@@ -234,8 +234,11 @@ def test_identification_experiments_share_one_test_set_and_never_train_on_it(con
     test_entries = manifest.entries_for("test")
     rows = {r["variant"]: r for r in results["rows"]}
     assert set(rows) == {"real@50%", "real@100%", "real+generated@50%", "real+generated@100%",
-                         "real+augmentation@50%", "real+augmentation@100%", "cross-condition:normal->backpack",
-                         "cross-condition:normal+generated-backpack->backpack"}
+                         "real+augmentation@50%", "real+augmentation@100%",
+                         # every ordered pair of the data's conditions, whatever they are called
+                         "cross-condition:Normal_free->Backpack_free", "cross-condition:Backpack_free->Normal_free",
+                         "cross-condition:Normal_free+generated-Backpack_free->Backpack_free",
+                         "cross-condition:Backpack_free+generated-Normal_free->Normal_free"}
     # One test set for every row.
     assert {r["test_images"] for r in rows.values()} == {len(test_entries)}
     assert len({r["test_set_fingerprint"] for r in rows.values()}) == 1
@@ -250,8 +253,8 @@ def test_identification_experiments_share_one_test_set_and_never_train_on_it(con
     assert rows["real+generated@100%"]["generated_images"] == 24
     assert rows["real+augmentation@100%"]["augmentation"] and not rows["real@100%"]["augmentation"]
     # Cross-condition: Normal training images only; generated Backpack images only; target = Backpack test.
-    cross, cross_generated = rows["cross-condition:normal->backpack"], \
-        rows["cross-condition:normal+generated-backpack->backpack"]
+    cross, cross_generated = rows["cross-condition:Normal_free->Backpack_free"], \
+        rows["cross-condition:Normal_free+generated-Backpack_free->Backpack_free"]
     normal_train = [e for e in manifest.entries_for("train") if e["condition"] == "Normal_free"]
     assert cross["real_images"] == cross_generated["real_images"] == len(normal_train)
     assert cross_generated["generated_images"] == 12

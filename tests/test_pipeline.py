@@ -20,7 +20,7 @@ TINY = [
     "export.lpips_download=false",
     "dit.model=tiny", "dit.train.steps=4", "dit.train.batch_size=8", "dit.train.val_every=2",
     "dit.train.sample_every=0", "dit.train.checkpoint_every=2", "dit.train.log_every=2",
-    "dit.sample.per_person=3", "dit.sample.steps=2", "dit.sample.batch_size=9",
+    "dit.sample.per_person=3", "dit.sample.num_sampling_steps=3", "dit.sample.batch_size=9",
     "evaluate.fractions=[1.0]", "evaluate.epochs=1", "evaluate.batch_size=8", "evaluate.image_size=32",
     "evaluate.classification_accuracy_score=false",
 ]
@@ -64,12 +64,13 @@ def test_demo_runs_every_stage_and_reports_each(demo_run):
     for key in ("before_finetuning", "after_finetuning"):
         assert {"val", "test"} <= set(export[key]) and export[key]["val"]["psnr"] > 0
     assert by_stage["dit"]["step"] == 4
-    assert by_stage["sample"]["images"] == 9
+    assert by_stage["sample"]["images"] == 27  # 3 people x 3 walking conditions x 3
     evaluation = by_stage["evaluate"]
-    assert set(evaluation["identification_test_accuracy"]) == {"real@100%", "real+generated@100%",
-                                                               "real+augmentation@100%"}
+    accuracy = evaluation["identification_test_accuracy"]
+    assert {"real@100%", "real+generated@100%", "real+augmentation@100%"} <= set(accuracy)
+    assert {name for name in accuracy if name.startswith("cross-condition:")}  # conditions against each other
     identified = evaluation["generated_identified_by_real_classifier"]
-    assert identified["chance"] == pytest.approx(1 / 3, abs=1e-3) and identified["images"] == 9
+    assert identified["chance"] == pytest.approx(1 / 3, abs=1e-3) and identified["images"] == 27
     rows = json.loads((demo_run / "evaluation/identification/identification_results.json").read_text())["rows"]
     for row in rows:  # each row can be redone alone with step6
         assert row["command"].startswith("python -m microdoppler_finetune.step6_evaluate --work_dir ")
@@ -103,3 +104,40 @@ def test_dit_mode_without_an_exported_encoder_names_the_missing_step(tmp_path, c
     assert pipeline.main(_args("dit", tmp_path / "empty")) == 2
     message = capsys.readouterr().err
     assert message.startswith("\nERROR: ") and ("export" in message or "step5" in message)
+
+
+TINY_STUDY = ["study.seeds=[0,1]", "study.recipes={base: {epochs: 1}}", "study.guidance_scales=[1.0,2.0]",
+              "study.augmentations={none: {}, time_roll: {max_time_shift: 0.25}}", "study.amounts=[0.5,1.0]",
+              "study.filter_thresholds=[0.0,0.3]", "study.num_sampling_steps=3", "study.sample_batch_size=16"]
+
+
+def test_study_on_the_demo_work_dir_tunes_on_validation_tests_over_seeds_and_resumes(demo_run):
+    from microdoppler_finetune import run_augmentation_study
+
+    args = ["--work_dir", str(demo_run)] + [a for item in TINY_STUDY for a in ("--set", item)]
+    assert run_augmentation_study.main(args) == 0
+    study = demo_run / "study"
+    results = json.loads((study / "results.json").read_text())
+    assert set(results["rows"]) == {"real", "real+augmentation", "real+generated", "real+generated+augmentation"}
+    for row in results["rows"].values():
+        assert row["test"]["n"] == 2 and row["seeds"] == [0, 1]  # one value per seed, mean and std over them
+        assert row["test_withheld"]["n"] == 2  # the withheld pairs' test images are scored apart
+    generated = results["rows"]["real+generated"]
+    assert generated["generated_images"] > 0 and results["rows"]["real"]["generated_images"] == 0
+    # Every knob was chosen on validation; tuning runs never scored the test split.
+    assert {"tune:recipe", "tune:augmentation", "tune:guidance", "tune:amount", "tune:filter"} <= set(results["tuning"])
+    for run_file in (study / "runs").glob("tune*.json"):
+        assert "test" not in json.loads(run_file.read_text())
+    # The generated images are exactly the withheld (never trained on) person x condition pairs.
+    info = json.loads(next((study / "generated").glob("*/generation_info.json")).read_text())
+    assert info["files"] and not any(f["seen_in_training"] for f in info["files"])
+    assert set(results["cross_condition"]) <= set(results["condition_names"])
+    assert set(results["goals"]) >= {"withheld_gain", "overall_vs_augmentation"}
+    markdown = (study / "results.md").read_text()
+    assert "±" in markdown and "python -m microdoppler_finetune.run_augmentation_study" in markdown
+    for plot in results["plots"]:
+        assert Path(plot).is_file()
+    # A rerun resumes: every run comes from its file, nothing is trained again.
+    before = {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")}
+    assert run_augmentation_study.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")} == before

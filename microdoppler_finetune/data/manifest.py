@@ -1,9 +1,11 @@
 """The one manifest every stage reads: ``manifest.csv`` (one row per image) + ``user_labels.json``.
 
 ``manifest.csv`` columns (paths relative to the data root, forward slashes):
-    path, person_id, person, condition_id, condition, recording, frame, group, split, sha256, width, height
+    path, person_id, person, condition_id, condition, recording, frame, group, split, sha256, width, height,
+    withheld
 ``split`` is train, val, test or gap (a boundary frame held out of every split, see splits.py); ``group`` is
-the unit that went to one split as a whole. An entry's ``index`` is its row number (0-based, header
+the unit that went to one split as a whole; ``withheld`` is "test" or "val" for the images of a withheld
+person x condition pair (withhold.py), empty otherwise. An entry's ``index`` is its row number (0-based, header
 excluded) — the key latent caches and feature caches use.
 ``user_labels.json`` maps person and condition names to ids and records where the images are and how the
 split was made.
@@ -11,22 +13,24 @@ split was made.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
+from microdoppler_finetune.utils.files import atomic_write_text, file_sha256, text_sha256
+
 from .errors import ManifestFormatError
 from .splits import GAP, SPLITS
+from .withhold import Withholding, check_training_rows
 
 MANIFEST_FILE = "manifest.csv"
 LABELS_FILE = "user_labels.json"
 MANIFEST_FORMAT = "microdoppler-manifest/1"
 MANIFEST_COLUMNS = ("path", "person_id", "person", "condition_id", "condition", "recording", "frame", "group",
-                    "split", "sha256", "width", "height")
+                    "split", "sha256", "width", "height", "withheld")
+OPTIONAL_COLUMNS = ("withheld",)  # manifests written before withholding existed have none
 _INT_COLUMNS = ("person_id", "condition_id", "width", "height")
 ALL = "all"  # train + val + test (never the gap frames)
 
@@ -42,16 +46,12 @@ def render_manifest_csv(rows: Iterable[dict]) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file so an interrupted run never leaves half a manifest behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Via a temporary file, so an interrupted run never leaves half a manifest behind."""
+    atomic_write_text(path, text)
 
 
 def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return text_sha256(text)
 
 
 def manifest_file_path(path_or_dir: Union[str, Path]) -> Path:
@@ -92,7 +92,12 @@ class Manifest:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return file_sha256(self.path)
+
+    @property
+    def withholding(self) -> Optional[Withholding]:
+        """The withheld person x condition pairs of this split (None: nothing withheld)."""
+        return Withholding.from_dict(self.labels.get("withheld"))
 
     def entries_for(self, split: Union[str, Sequence[str]]) -> list:
         """Rows of one split, of several (a list), or of ``"all"`` (train+val+test), in manifest order."""
@@ -111,6 +116,7 @@ class Manifest:
 
 def _typed(row: dict, index: int, file: Path) -> dict:
     entry = dict(row)
+    entry["withheld"] = entry.get("withheld") or ""
     try:
         for key in _INT_COLUMNS:
             entry[key] = int(row[key])
@@ -141,7 +147,7 @@ def load_manifest(path_or_dir: Union[str, Path], data_root: Optional[Union[str, 
         raise ManifestFormatError(f"{labels_file} is not valid JSON ({exc}); re-run step3 with --overwrite.") from exc
     with open(file, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ManifestFormatError(f"{file} lacks the columns {', '.join(missing)}; it was not written by this "
                                       f"version of step3. Re-run step3 with --overwrite.")
@@ -157,6 +163,7 @@ def load_manifest(path_or_dir: Union[str, Path], data_root: Optional[Union[str, 
         if not (0 <= e["condition_id"] < len(condition_names) and condition_names[e["condition_id"]] == e["condition"]):
             raise ManifestFormatError(f"{file}, data row {e['index'] + 1}: condition_id {e['condition_id']} / "
                                       f"condition {e['condition']!r} do not match {labels_file}.")
+    check_training_rows(entries, Withholding.from_dict(labels.get("withheld")), str(file))
     root = Path(data_root) if data_root is not None else Path(labels.get("data_root", ""))
     return Manifest(path=file, data_root=root, entries=entries, person_names=person_names,
                     condition_names=condition_names, labels=labels)

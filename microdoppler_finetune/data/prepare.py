@@ -24,8 +24,19 @@ from .layouts import EXPECTED_LAYOUTS, find_dataset_roots, natural_key, scan_dat
 from .leak_check import LeakReport, check_leaks
 from .manifest import LABELS_FILE, MANIFEST_FILE, MANIFEST_FORMAT, render_manifest_csv, sha256_text, write_text_atomic
 from .overlap import MATCH_CORRELATION, features, load_thumbnails, measure_overlap
-from .splits import GAP, SPLITS, SplitUnit, check_fractions, check_split_unit, find_leaks, frame_order, split_cells
+from .splits import (
+    GAP,
+    SPLITS,
+    Assignment,
+    SplitUnit,
+    check_fractions,
+    check_split_unit,
+    find_leaks,
+    frame_order,
+    split_cells,
+)
 from .validation import REASONS, SKIPPED, ValidationResult, add_scan_problems, validate_images
+from .withhold import Withholding, WithholdSpec, choose_withheld
 
 PROBLEMS_JSON = "problems.json"
 PROBLEMS_CSV = "problems.csv"
@@ -252,14 +263,19 @@ def split_summary_json(rows: list, reports: list, overlaps: dict, leak_report: L
 
 def _build_rows(validation: ValidationResult, person_names: list, condition_names: list, *, seed: int,
                 val_fraction: float, test_fraction: float, gap_frames: int, gaps: dict, split_unit: str,
-                min_recordings: Optional[int]):
+                min_recordings: Optional[int], withholding: Optional[Withholding] = None):
     person_id = {p: i for i, p in enumerate(person_names)}
     condition_id = {c: i for i, c in enumerate(condition_names)}
     cells: dict = {}
     items = {}
     ordered = sorted(validation.usable, key=lambda ic: (person_id[ic[0].person], condition_id[ic[0].condition]))
+    withheld = {}  # rel_path -> role: a withheld pair's images all go to its split, whole
     for image, check in ordered:
         items[image.rel_path] = (image, check)
+        role = withholding.role(image.person, image.condition) if withholding is not None else ""
+        if role:
+            withheld[image.rel_path] = role
+            continue
         cells.setdefault((image.person, image.condition), []).append(
             SplitUnit(key=image.rel_path, recording=image.recording,
                       order=frame_order(image.frame, Path(image.rel_path).name)))
@@ -268,12 +284,13 @@ def _build_rows(validation: ValidationResult, person_names: list, condition_name
                                        min_recordings=min_recordings)
     rows = []
     for image, check in (items[k] for k in items):
-        a = assignments[image.rel_path]
+        role = withheld.get(image.rel_path, "")
+        a = Assignment(role, image.recording) if role else assignments[image.rel_path]
         rows.append({
             "path": image.rel_path, "person_id": person_id[image.person], "person": image.person,
             "condition_id": condition_id[image.condition], "condition": image.condition,
             "recording": image.recording, "frame": image.frame, "group": a.group, "split": a.split,
-            "sha256": check.sha256, "width": check.width, "height": check.height,
+            "sha256": check.sha256, "width": check.width, "height": check.height, "withheld": role,
             "order": frame_order(image.frame, Path(image.rel_path).name),
         })
     rows.sort(key=lambda r: (r["person_id"], r["condition_id"], natural_key(r["recording"]), r["order"]))
@@ -300,19 +317,20 @@ def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, No
                     val_fraction: float = 0.15, test_fraction: float = 0.15,
                     gap_frames: int = DEFAULT_GAP_FRAMES, split_unit: str = "auto",
                     min_recordings: Optional[int] = None, strict: bool = False,
-                    min_side: int = 32, max_side: int = 4096, overwrite: bool = False,
+                    min_side: int = 32, max_side: int = 4096, overwrite: bool = False, withhold: Optional[str] = None,
                     workers: Optional[int] = None, log: Optional[Callable[[str], None]] = print) -> Path:
     """Scan, validate and split ``data_root`` once; write the manifest into ``output_dir``; return its path.
 
     ``split_unit``: auto, recording or block (splits.py); ``gap_frames``: minimum frames left out at a cut
     inside a recording (the overlap measured from the images decides above it); ``strict``: stop when the
-    content check finds a probable leak.
+    content check finds a probable leak; ``withhold``: "CONDITION[:FRACTION]" (withhold.py).
     Raises UnknownLayoutError, NoUsableImagesError (a person has no usable image), OutputInsideDataError,
     ManifestExistsError (a different manifest is already there and ``overwrite`` is False), SplitLeakError.
     """
     log = log or (lambda _msg: None)
     check_fractions(val_fraction, test_fraction)
     check_split_unit(split_unit)
+    withhold_spec = WithholdSpec.parse(withhold)
     if gap_frames < 0:
         raise ValueError(f"gap_frames must be >= 0, got {gap_frames}")
     data_root = Path(data_root).expanduser().resolve()
@@ -332,6 +350,15 @@ def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, No
     person_names = list(scan.persons)
     used_conditions = {image.condition for image, _ in validation.usable}
     condition_names = [c for c in scan.conditions if c in used_conditions]
+    withholding = None
+    if withhold_spec is not None:
+        conditions_of_person: dict = {}
+        for image, _ in validation.usable:
+            conditions_of_person.setdefault(image.person, set()).add(image.condition)
+        withholding = choose_withheld(withhold_spec, conditions_of_person, condition_names, seed=seed)
+        log(f"Withheld ({withholding.spec}): {', '.join(withholding.conditions)} of "
+            f"{', '.join(withholding.test_people)} -> test only; of {', '.join(withholding.val_people) or 'nobody'} "
+            f"-> validation only.")
     started = time.perf_counter()
     thumbnails = dict(zip((im.rel_path for im, _ in validation.usable),
                           load_thumbnails([im.path for im, _ in validation.usable], workers=workers)))
@@ -339,7 +366,7 @@ def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, No
     gaps = {key: o.overlapping_frames for key, o in overlaps.items()}
     rows, reports = _build_rows(validation, person_names, condition_names, seed=seed, val_fraction=val_fraction,
                                 test_fraction=test_fraction, gap_frames=gap_frames, gaps=gaps,
-                                split_unit=split_unit, min_recordings=min_recordings)
+                                split_unit=split_unit, min_recordings=min_recordings, withholding=withholding)
     leaks = find_leaks(rows, gap_frames, gaps)
     if leaks:  # a bug in splits.py, never the user's data: stop before anything is written
         raise RuntimeError("The split leaks (please report this): " + "; ".join(leaks[:5]))
@@ -357,7 +384,8 @@ def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, No
 
     settings = {"data_root": str(data_root), "seed": int(seed), "val_fraction": float(val_fraction),
                 "test_fraction": float(test_fraction), "gap_frames": int(gap_frames), "split_unit": split_unit,
-                "min_recordings": min_recordings, "min_side": int(min_side), "max_side": int(max_side)}
+                "min_recordings": min_recordings, "min_side": int(min_side), "max_side": int(max_side),
+                "withhold": withholding.spec if withholding is not None else None}
     manifest_path = output_dir / MANIFEST_FILE
     if manifest_path.is_file() and not overwrite:
         if manifest_path.read_text(encoding="utf-8") != manifest_text:
@@ -384,10 +412,17 @@ def prepare_dataset(data_root: Union[str, Path], output_dir: Union[str, Path, No
         "problems": validation.counts(),
         "manifest_sha256": sha256_text(manifest_text),
         "split_rules": SPLIT_RULES,
+        "withheld": withholding.to_dict() if withholding is not None else None,
     }
     summary = "\n".join([split_summary_text(rows, reports, person_names, condition_names, val_fraction,
                                             test_fraction), overlap_text, leak_text])
     summary_json = split_summary_json(rows, reports, overlaps, leak_report, settings, gap_frames)
+    if withholding is not None:
+        summary_json["withheld"] = {**withholding.to_dict(), "images": Counter(r["withheld"] for r in rows
+                                                                               if r["withheld"])}
+        summary += (f"\nWithheld ({withholding.spec}): {'/'.join(withholding.conditions)} of "
+                    f"{', '.join(withholding.test_people)} in test only, of {', '.join(withholding.val_people) or '-'} "
+                    f"in validation only; no training stage sees them.")
 
     # manifest.csv last: its presence means the whole set was written.
     write_text_atomic(output_dir / PROBLEMS_JSON,

@@ -156,11 +156,24 @@ def load_dit_data(cfg: DictConfig, *, build_cache: bool = True) -> DiTData:
     condition_names = _names(info, "condition_names", (train.condition_id, val.condition_id),
                              str(info.get("manifest")))
     pairs = sorted({(int(p), int(c)) for p, c in zip(train.person_id.tolist(), train.condition_id.tolist())})
+    _refuse_withheld_training_pairs(info, [(person_names[p], condition_names[c]) for p, c in pairs], cache_dir)
     return DiTData(train=_to_split(train, mean, std), val=_to_split(val, mean, std), latents_mean=latents_mean,
                    latents_std=latents_std, latent_shape=list(train.latents.shape[1:]),
                    image_size=int(info["image_size"]), person_names=person_names, condition_names=condition_names,
                    vae_identity=str(info["vae_identity"]), cache_dir=str(cache_dir), export_dir=str(export_dir),
                    seen_pairs=[list(p) for p in pairs])
+
+
+def _refuse_withheld_training_pairs(info: dict, pairs: List[tuple], cache_dir: Path) -> None:
+    """The DiT must never train on a withheld person x condition pair (data/withhold.py): check the cache's train
+    split against the manifest it was encoded from."""
+    from microdoppler_finetune.data import load_manifest
+    from microdoppler_finetune.data.withhold import refuse_withheld_pairs
+
+    manifest_file = Path(str(info.get("manifest", "")))
+    if manifest_file.is_file():
+        refuse_withheld_pairs(pairs, load_manifest(manifest_file).withholding,
+                              f"The latent cache {cache_dir} (train split)")
 
 
 def validation_noise(split: LatentSplit, rows: torch.Tensor, val_seed: int, t_position: int) -> torch.Tensor:

@@ -100,3 +100,16 @@ def resolve_trained_dit(path: str | Path) -> Path:
     if checkpoints:
         return checkpoints[-1][1]
     raise FileNotFoundError(f"No {PRETRAINED_DIRNAME}/ export and no {{step:07d}}.pt checkpoint in {path}.")
+
+
+def trained_dit_summary(path: str | Path) -> dict:
+    """``step`` and ``num_conditions`` of a trained DiT (export folder or checkpoint) without building the model."""
+    from models.checkpoints import load_torch_file
+
+    path = Path(path)
+    if path.is_dir():
+        config = json.loads((path / "config.json").read_text())
+        return {"step": int(read_sampling_info(path)["step"]), "num_conditions": int(config.get("num_conditions", 0))}
+    content = load_torch_file(path)  # memory-mapped: the weights are not read
+    return {"step": int(content.get("step", -1)),
+            "num_conditions": int(content.get("dit_config", {}).get("num_conditions", 0))}

@@ -45,7 +45,7 @@ from microdoppler_finetune.simulator.render import colormap_lut, encode_jpeg, sp
 from microdoppler_finetune.simulator.scene import nominal_cycle_duration, simulate_signal
 from microdoppler_finetune.utils.files import TMP_MARK, atomic_write_bytes, atomic_write_json, atomic_write_text
 
-SIMULATOR_VERSION = "1.0.0"
+SIMULATOR_VERSION = "1.1.0"
 GENERATOR = "microdoppler_finetune.simulator"
 INFO_FILE = "simulation_info.json"
 IN_PROGRESS_FILE = ".simulation_in_progress.json"

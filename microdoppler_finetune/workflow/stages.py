@@ -31,6 +31,7 @@ def stage_setup(ctx: PipelineContext) -> dict:
 
 def stage_simulate(ctx: PipelineContext) -> dict:
     from microdoppler_finetune.simulator import simulate_dataset
+    from microdoppler_finetune.simulator.radar import RadarSettings
 
     if ctx.cfg.data.data_root:
         return {"skipped": f"real data given: {ctx.cfg.data.data_root}"}
@@ -42,7 +43,7 @@ def stage_simulate(ctx: PipelineContext) -> dict:
         ctx.simulated_dir, people=sim.people, per_person=sim.per_person, seed=sim.seed,
         image_size=sim.image_size, layout=sim.layout,
         conditions=list(sim.conditions) if sim.conditions else None,
-        recordings_per_person=int(sim.recordings_per_person),
+        recordings_per_person=int(sim.recordings_per_person), settings=RadarSettings.for_band(str(sim.band)),
     )
     return {"data_root": str(ctx.simulated_dir), "summary": to_plain(summary)}
 
@@ -60,8 +61,9 @@ def stage_prepare(ctx: PipelineContext) -> dict:
             )
         return {"skipped": f"manifest exists: {manifest_path}"}
     d = ctx.cfg.data
-    path = prepare_dataset(ctx.data_root, ctx.dataset_dir, seed=d.split_seed,
-                           val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+    path = prepare_dataset(ctx.data_root, ctx.dataset_dir, seed=d.split_seed, val_fraction=d.val_fraction,
+                           test_fraction=d.test_fraction, split_unit=str(d.split_unit), strict=bool(d.split_strict),
+                           withhold=d.withhold or None)
     return {"manifest": str(path)}
 
 
@@ -208,29 +210,30 @@ def stage_dit(ctx: PipelineContext) -> dict:
 
 
 def stage_sample(ctx: PipelineContext) -> dict:
-    from microdoppler_finetune.dit.checkpointing import CHECKPOINT_DIRNAME, latest_checkpoint
     from microdoppler_finetune.dit.data import export_dir_of, run_dir_of
+    from microdoppler_finetune.dit.export import resolve_trained_dit, trained_dit_summary
     from microdoppler_finetune.dit.sampling import INFO_FILE, SamplerSettings, generate_dataset
 
     dit = ctx.cfg.dit
     run_dir = run_dir_of(ctx.cfg)
-    checkpoint = latest_checkpoint(run_dir / CHECKPOINT_DIRNAME)
-    if checkpoint is None:
-        raise FileNotFoundError(f"No DiT checkpoint in {run_dir / CHECKPOINT_DIRNAME}: run the dit stage first.")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"No DiT run in {run_dir}: run the dit stage first.")
+    trained = resolve_trained_dit(run_dir)  # the save_pretrained export, or a later checkpoint
+    summary = trained_dit_summary(trained)
+    step, uses_conditions = summary["step"], summary["num_conditions"] > 0
     out_dir = ctx.samples_dir
     info_file = out_dir / INFO_FILE
     if info_file.is_file():
         info = json.loads(info_file.read_text())
-        if Path(info.get("checkpoint", "")) == checkpoint.resolve():
-            return {"skipped": f"samples of {checkpoint.name} exist: {out_dir}", "images": len(info["files"])}
+        if Path(info.get("checkpoint", "")) == trained.resolve() and int(info.get("checkpoint_step", -2)) == step:
+            return {"skipped": f"samples of step {step} exist: {out_dir}", "images": len(info["files"])}
     s = dit.sample
-    settings = SamplerSettings(steps=int(s.steps), sampler=str(s.sampler), cfg_scale=float(s.cfg_scale),
-                               cfg_interval_start=float(s.cfg_interval_start), shift=float(s.shift),
-                               seed=int(s.seed), batch_size=int(s.batch_size))
-    info = generate_dataset(checkpoint, export_dir_of(ctx.cfg), out_dir, per_person=int(s.per_person),
-                            settings=settings, image_size=s.image_size, use_ema=bool(s.use_ema),
-                            device=str(dit.train.device))
-    return {"samples": str(out_dir), "images": len(info["files"]), "checkpoint": str(checkpoint),
+    info = generate_dataset(trained, export_dir_of(ctx.cfg), out_dir, per_person=int(s.per_person),
+                            conditions=(s.conditions or None) if uses_conditions else None,
+                            pairs=str(s.pairs) if uses_conditions and s.conditions else "all",
+                            settings=SamplerSettings.from_config(s), image_size=s.image_size,
+                            use_ema=bool(s.use_ema), device=str(dit.train.device))
+    return {"samples": str(out_dir), "images": len(info["files"]), "checkpoint": str(trained), "step": step,
             "seconds_per_image": info["seconds_per_image"]}
 
 

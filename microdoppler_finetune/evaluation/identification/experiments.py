@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 from microdoppler_finetune.evaluation.identification.images import (
     load_generated_images,
     load_split_images,
-    positions_with_condition_prefix,
+    positions_with_condition,
     select_fraction_by_recording,
 )
 from microdoppler_finetune.evaluation.identification.training import (
@@ -37,8 +37,6 @@ from microdoppler_finetune.utils.files import text_sha256
 
 METHODS = ("real", "real+generated", "real+augmentation")
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
-SOURCE_CONDITION_PREFIX = "normal"    # cross-condition experiment: train on these conditions ...
-TARGET_CONDITION_PREFIX = "backpack"  # ... and test on these
 
 
 RESULTS_JSON = "identification_results.json"
@@ -52,11 +50,25 @@ class Variant:
     name: str
     method: str                   # one of METHODS
     real_fraction: float
-    cross_condition: bool = False  # train on Normal*, target test = Backpack*
+    source: Optional[str] = None  # cross-condition rows: train (and validate) on this condition's images only ...
+    target: Optional[str] = None  # ... and report the accuracy on this condition's test images
+
+    @property
+    def cross_condition(self) -> bool:
+        return self.source is not None
+
+
+def cross_condition_pairs(condition_names: Sequence[str], has_images) -> List[tuple]:
+    """Every ordered (source, target) pair of different conditions for which ``has_images(split, condition)``
+    holds for the source's train and val images and the target's test images — whatever the conditions are
+    called."""
+    return [(s, t) for s in condition_names for t in condition_names
+            if s != t and has_images("train", s) and has_images("val", s) and has_images("test", t)]
 
 
 def plan_variants(methods: Sequence[str], fractions: Sequence[float], *, has_generated: bool,
-                  has_cross_condition: bool, has_generated_target: bool) -> tuple[List[Variant], List[str]]:
+                  cross_pairs: Sequence[tuple] = (), generated_conditions: Sequence[str] = ()
+                  ) -> tuple[List[Variant], List[str]]:
     """The rows to run, and notes on the rows that cannot run with this data."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -68,19 +80,17 @@ def plan_variants(methods: Sequence[str], fractions: Sequence[float], *, has_gen
             continue
         for fraction in sorted(set(fractions)):
             variants.append(Variant(f"{method}@{fraction * 100:g}%", method, fraction))
-    if has_cross_condition:
-        variants.append(Variant(f"cross-condition:{SOURCE_CONDITION_PREFIX}->{TARGET_CONDITION_PREFIX}", "real",
-                                1.0, True))
-        if has_generated_target:
-            variants.append(Variant(f"cross-condition:{SOURCE_CONDITION_PREFIX}+generated-"
-                                    f"{TARGET_CONDITION_PREFIX}->{TARGET_CONDITION_PREFIX}",
-                                    "real+generated", 1.0, True))
-        elif has_generated:
-            notes.append(f"cross-condition with generated data skipped: the generated folder has no "
-                         f"{TARGET_CONDITION_PREFIX.capitalize()}* condition folders.")
-    else:
-        notes.append(f"cross-condition rows skipped: the manifest has no {SOURCE_CONDITION_PREFIX.capitalize()}* "
-                     f"and {TARGET_CONDITION_PREFIX.capitalize()}* conditions.")
+    for source, target in cross_pairs:
+        variants.append(Variant(f"cross-condition:{source}->{target}", "real", 1.0, source, target))
+        if target in generated_conditions:
+            variants.append(Variant(f"cross-condition:{source}+generated-{target}->{target}", "real+generated",
+                                    1.0, source, target))
+    if not cross_pairs:
+        notes.append("cross-condition rows skipped: the manifest has fewer than two walking conditions with "
+                     "training and test images.")
+    elif has_generated and not generated_conditions:
+        notes.append("cross-condition rows with generated data skipped: the generated folder has no condition "
+                     "folders.")
     return variants, notes
 
 
@@ -121,14 +131,16 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
         generated = load_generated_images(generated_dir, manifest, image_size=config.image_size,
                                           max_per_person=max_generated_per_person, seed=config.seed)
     condition_names = list(manifest.condition_names)
-    target_test = positions_with_condition_prefix(test, condition_names, TARGET_CONDITION_PREFIX)
-    source_train = positions_with_condition_prefix(splits["train"], condition_names, SOURCE_CONDITION_PREFIX)
-    source_val = positions_with_condition_prefix(splits["val"], condition_names, SOURCE_CONDITION_PREFIX)
-    has_cross = cross_condition and bool(target_test and source_train and source_val)
-    generated_target = ([] if generated is None else
-                        positions_with_condition_prefix(generated, condition_names, TARGET_CONDITION_PREFIX))
+
+    def with_condition(data, condition: str) -> List[int]:
+        return positions_with_condition(data, condition_names, condition)
+
+    cross_pairs = cross_condition_pairs(condition_names, lambda split, c: bool(with_condition(splits[split], c)))
+    generated_conditions = ([] if generated is None else
+                            [c for c in condition_names if with_condition(generated, c)])
     planned, notes = plan_variants(methods, fractions, has_generated=generated is not None,
-                                   has_cross_condition=has_cross, has_generated_target=bool(generated_target))
+                                   cross_pairs=cross_pairs if cross_condition else (),
+                                   generated_conditions=generated_conditions)
     if not cross_condition:
         notes = [n for n in notes if not n.startswith("cross-condition rows skipped")]
         notes.append("cross-condition rows skipped: turned off (--no_cross_condition).")
@@ -145,8 +157,10 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
     for variant in planned:
         log(f"[{variant.name}]")
         start = time.time()
-        train_real = splits["train"].subset(source_train) if variant.cross_condition else splits["train"]
-        val = splits["val"].subset(source_val) if variant.cross_condition else splits["val"]
+        train_real = (splits["train"].subset(with_condition(splits["train"], variant.source))
+                      if variant.cross_condition else splits["train"])
+        val = splits["val"].subset(with_condition(splits["val"], variant.source)) if variant.cross_condition \
+            else splits["val"]
         chosen = select_fraction_by_recording(train_real, variant.real_fraction, seed=config.seed)
         same_as = selections.setdefault((variant.cross_condition, tuple(chosen)), variant.real_fraction)
         if same_as != variant.real_fraction:
@@ -158,7 +172,8 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
         sources = [train_real.subset(chosen)]
         generated_used = 0
         if variant.method == "real+generated":
-            extra = generated.subset(generated_target) if variant.cross_condition else generated
+            extra = generated.subset(with_condition(generated, variant.target)) if variant.cross_condition \
+                else generated
             sources.append(extra)
             generated_used = len(extra)
         model, history = train_classifier(sources, val, num_classes=manifest.num_persons, config=config,
@@ -181,8 +196,9 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
             "command": f"{command} --variants {shlex.quote(variant.name)}",
         }
         if variant.cross_condition:
-            target = accuracy_report(predict_logits(model, test.subset(target_test)).argmax(1),
-                                     test.subset(target_test), manifest.person_names, condition_names)
+            target_test = test.subset(with_condition(test, variant.target))
+            target = accuracy_report(predict_logits(model, target_test).argmax(1), target_test,
+                                     manifest.person_names, condition_names)
             row["target_test_images"], row["target_accuracy"] = target["images"], target["accuracy"]
         rows.append(row)
         trained_on[variant.name] = history["train_keys"]
@@ -245,8 +261,8 @@ def results_markdown(results: dict) -> str:
                      f"({row['real_recordings']}) | {row['generated_images']} | {row['best_epoch']} | "
                      f"{row['val_accuracy']:.4f} | {row['test_accuracy']:.4f} | {target} |")
     if any(r["cross_condition"] for r in results["rows"]):
-        lines += ["", f"Cross-condition rows train and validate on {SOURCE_CONDITION_PREFIX.capitalize()}* "
-                      f"recordings only; target acc is on the {TARGET_CONDITION_PREFIX.capitalize()}* test images."]
+        lines += ["", "Cross-condition rows `A->B` train and validate on condition A's recordings only; target acc is "
+                      "on condition B's test images. `A+generated-B` adds the generated images of condition B."]
     if results["notes"]:
         lines += ["", "Notes:"] + [f"- {n}" for n in results["notes"]]
     lines += ["", "Commands:"] + [f"- {r['variant']}: `{r['command']}`" for r in results["rows"]]

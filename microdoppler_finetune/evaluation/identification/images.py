@@ -265,6 +265,7 @@ def select_fraction_by_recording(data: LabelledImages, fraction: float, seed: in
     return sorted(chosen)
 
 
-def positions_with_condition_prefix(data: LabelledImages, condition_names: Sequence[str], prefix: str) -> List[int]:
-    wanted = {i for i, name in enumerate(condition_names) if str(name).lower().startswith(prefix.lower())}
-    return [p for p, c in enumerate(data.condition_ids.tolist()) if c in wanted]
+def positions_with_condition(data: LabelledImages, condition_names: Sequence[str], condition: str) -> List[int]:
+    """Positions of the images of one condition (by name)."""
+    wanted = list(condition_names).index(condition) if condition in condition_names else None
+    return [p for p, c in enumerate(data.condition_ids.tolist()) if c == wanted]

@@ -33,18 +33,20 @@ class IdentificationConfig:
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0          # image loading workers (loading happens once per split)
-    # Conventional augmentation (the baseline). No flips: a flipped spectrogram is time-reversed / mirrored
-    # in Doppler, which a walking person never produces.
+    # Conventional augmentation (the baseline). No time flip: a time-reversed walk is never measured. A Doppler
+    # mirror is: it turns a walk toward the radar into the same gait walking away (off by default).
     max_time_shift: float = 0.25      # circular roll along time (width), as a fraction of the width
     max_doppler_shift: float = 0.04   # shift along Doppler (height), edge rows repeated, fraction of height
     intensity_jitter: float = 0.1     # contrast x U(1 +- j), brightness + U(+- j) in [-1, 1] units
+    doppler_flip: float = 0.0         # probability of mirroring the Doppler (height) axis
 
 
 # ------------------------------------------------------------------------------------------- augmentation
 
 def conventional_augment(images: torch.Tensor, config: IdentificationConfig,
                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Baseline augmentation of a [B,3,H,W] batch in [-1, 1]: time roll, small Doppler shift, intensity jitter."""
+    """Baseline augmentation of a [B,3,H,W] batch in [-1, 1]: time roll, small Doppler shift, optional Doppler
+    mirror, intensity jitter."""
     b, _, h, w = images.shape
     device = images.device
 
@@ -60,6 +62,9 @@ def conventional_augment(images: torch.Tensor, config: IdentificationConfig,
     rows = (torch.arange(h, device=device)[None, :] - doppler_shift[:, None]).clamp(0, h - 1)  # [B, H]
     images = images.gather(2, rows[:, None, :, None].expand(b, 3, h, w))
     # Intensity: contrast and brightness jitter, kept in range.
+    if config.doppler_flip > 0:
+        mirror = uniform(0.0, 1.0, b) < config.doppler_flip
+        images = torch.where(mirror.view(b, 1, 1, 1), images.flip(2), images)
     contrast = uniform(1 - config.intensity_jitter, 1 + config.intensity_jitter, b).view(b, 1, 1, 1)
     brightness = uniform(-config.intensity_jitter, config.intensity_jitter, b).view(b, 1, 1, 1)
     return (images * contrast + brightness).clamp(-1, 1)
