@@ -28,12 +28,14 @@ def run_pipeline(cfg: DictConfig, mode: str, command: str = "") -> Path:
             result = STAGES[name](ctx)
         except StageIncomplete as stop:
             ctx.log.append({"stage": name, "seconds": round(time.time() - start, 1), "incomplete": str(stop)})
-            write_report(ctx.work_dir, ctx.log, mode=mode, command=ctx.command, preset=str(cfg.run.preset))
+            write_report(ctx.work_dir, ctx.log, mode=mode, command=ctx.command, preset=str(cfg.run.preset),
+                         stages=MODES[mode], dataset_dir=ctx.dataset_dir)
             raise
         seconds = round(time.time() - start, 1)
         ctx.log.append({"stage": name, "seconds": seconds, **to_plain(result)})
         print(json.dumps({"stage": name, "seconds": seconds, **result}, indent=2, default=str), flush=True)
-    return write_report(ctx.work_dir, ctx.log, mode=mode, command=ctx.command, preset=str(cfg.run.preset))
+    return write_report(ctx.work_dir, ctx.log, mode=mode, command=ctx.command, preset=str(cfg.run.preset),
+                        stages=MODES[mode], dataset_dir=ctx.dataset_dir)
 
 
 def pipeline_config(mode: str, *, preset=None, config=None, data_root=None, work_dir=None, kaggle: bool = False,
