@@ -69,7 +69,8 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from microdoppler_finetune.dit.sampling import SamplerSettings, generate_dataset
+    from microdoppler_finetune.dit.sample_folder import generate_into_folder
+    from microdoppler_finetune.dit.sampling import SamplerSettings
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.steps is not None and args.num_sampling_steps is not None:
@@ -79,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         s, num_sampling_steps=args.num_sampling_steps, steps=args.steps, sampler=args.sampler,
         cfg_scale=args.cfg_scale, cfg_interval_start=args.cfg_interval_start, shift=args.shift, seed=args.seed,
         batch_size=args.batch_size)
-    info = generate_dataset(
+    info = generate_into_folder(
         resolve_checkpoint(args.checkpoint), args.vae_encoder, args.out,
         per_person=args.per_person if args.per_person is not None else int(s.per_person),
         persons=args.persons, conditions=args.conditions, pairs=args.pairs, settings=settings,

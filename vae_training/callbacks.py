@@ -16,7 +16,9 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
+from microdoppler_finetune.utils.files import atomic_path
 from microdoppler_finetune.utils.progress import progress
 
 STOP_TIME_BUDGET = "time_budget"
@@ -25,9 +27,22 @@ STOP_NONFINITE = "nonfinite"
 
 
 def save_last_checkpoint(trainer: pl.Trainer, path: Path) -> None:
-    """Full training state (optimizers, loops, counters). Lightning writes it atomically on rank 0."""
+    """Full training state (optimizers, loops, counters), written on rank 0 through AtomicCheckpointIO."""
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path, weights_only=False)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint of a stage (last.ckpt, the best ones, the non-finite stop) written to a temporary sibling and
+    renamed into place. Lightning's own writer stages the file in the system temp folder and then moves it: a
+    copy into the final name when that folder is on another file system (/tmp and /kaggle/working on Kaggle), so a
+    session that ends mid-copy left a truncated last.ckpt and lost the last good state."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO writes local files only (no storage_options).")
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class GracefulStop(pl.Callback):

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from microdoppler_finetune.config import save_config
+from microdoppler_finetune.utils.files import atomic_write_json, remove_stale_temporaries
 from microdoppler_finetune.utils.plain import to_plain
 from microdoppler_finetune.utils.tensors import state_dict_fingerprint
 from vae_training import stages as S
@@ -36,6 +37,7 @@ from vae_training.builders import (
 )
 from vae_training.callbacks import (
     STOP_NONFINITE,
+    AtomicCheckpointIO,
     GracefulStop,
     LastCheckpoint,
     LossCurves,
@@ -201,6 +203,9 @@ def build_stage_model(cfg: DictConfig, stage: dict, *, init_checkpoint: Optional
 def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Path, *, target_cache: dict,
               finished: dict, deadline: Optional[float]) -> S.StageResult:
     train = cfg.vae_train
+    if _rank_zero():
+        for stale in remove_stale_temporaries(folder.checkpoints):
+            print(f"[{stage['name']}] removed {stale.name}, left by an interrupted checkpoint write", flush=True)
     resume_from = folder.last_checkpoint if folder.last_checkpoint.is_file() else None
     init_ckpt = init_checkpoint_for(cfg, stage, folder.root.parent, finished)
     if resume_from is not None:
@@ -242,7 +247,8 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
     trainer = pl.Trainer(
         accelerator=hardware["accelerator"], devices=hardware["devices"], strategy=hardware["strategy"],
         # A 16-mixed run passes its precision as a plugin (own grad scaler), which excludes the precision flag.
-        precision=None if hardware["plugins"] else hardware["precision"], plugins=hardware["plugins"] or None,
+        precision=None if hardware["plugins"] else hardware["precision"],
+        plugins=list(hardware["plugins"]) + [AtomicCheckpointIO()],
         max_epochs=int(stage["epochs"]),
         logger=stage_loggers(folder), callbacks=callbacks, detect_anomaly=bool(train.detect_anomaly),
         num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,  # StageProgress instead
@@ -403,5 +409,5 @@ def train_vavae(cfg: DictConfig, stages: Optional[Sequence[int | str] | str] = N
                               for s in selected)
     if _rank_zero():
         vae_dir.mkdir(parents=True, exist_ok=True)
-        (vae_dir / "summary.json").write_text(json.dumps(to_plain(summary), indent=2))
+        atomic_write_json(vae_dir / "summary.json", to_plain(summary))
     return summary

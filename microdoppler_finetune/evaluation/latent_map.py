@@ -7,6 +7,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from microdoppler_finetune.utils.files import atomic_save_figure
+
 # ------------------------------------------------------------------------------------------- features
 
 
@@ -141,6 +143,6 @@ def save_latent_map(coords: np.ndarray, person_ids: Sequence[int], path: str | P
                   bbox_to_anchor=(1.01, 0.5), title="person", title_fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

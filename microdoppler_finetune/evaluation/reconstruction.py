@@ -24,6 +24,7 @@ import torch
 from skimage.metrics import structural_similarity
 from torch.utils.data import DataLoader, Dataset
 
+from microdoppler_finetune.utils.files import atomic_save_figure
 from microdoppler_finetune.utils.images import psnr_uint8, to_uint8_hwc
 from microdoppler_finetune.utils.progress import progress
 
@@ -296,6 +297,6 @@ def save_reconstruction_figure(originals: torch.Tensor, reconstructions: torch.T
         fig.suptitle(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

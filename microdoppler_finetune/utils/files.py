@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator, Union
 
 PathLike = Union[str, Path]
 TMP_MARK = ".tmp-"  # temporary names carry this; a killed run's leftovers are recognisable and never loaded
+# ".<name>.tmp-<pid>" (temporary_sibling) and ".<name>.old-<pid>" (swap_in_folder): the writer's process id last.
+_LEFTOVER = re.compile(r"^\..+\.(?:tmp|old)-(\d+)$")
 
 
 def file_sha256(path: PathLike, chunk: int = 1 << 22) -> str:
@@ -62,6 +66,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+    _remove_leftovers_of(path)
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
@@ -81,6 +86,15 @@ def atomic_write_json(path: PathLike, value, **dump_kwargs) -> Path:
     return atomic_write_text(path, json.dumps(value, **dump_kwargs))
 
 
+def atomic_save_figure(fig, path: PathLike, **savefig_kwargs) -> Path:
+    """``fig.savefig`` through a temporary sibling (the format from ``path``'s extension)."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".").lower() or "png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    return path
+
+
 def swap_in_folder(new: PathLike, target: PathLike) -> Path:
     """Replace folder ``target`` by the finished folder ``new`` (two renames; the old one is removed after)."""
     new, target = Path(new), Path(target)
@@ -90,4 +104,50 @@ def swap_in_folder(new: PathLike, target: PathLike) -> Path:
     os.replace(new, target)
     if old.exists():
         shutil.rmtree(old)
+    _remove_leftovers_of(target)
     return target
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_leftovers_of(path: Path) -> None:
+    """After ``path`` was written whole: the temporaries of earlier, killed writes of the same name go."""
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*-*"))
+    except OSError:
+        return
+    for entry in candidates:
+        match = _LEFTOVER.match(entry.name)
+        if match and entry.name.startswith(f".{path.name}.") and not _process_alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Delete the temporary files and folders (``temporary_sibling``, ``swap_in_folder``) a killed run left in
+    ``folder``: those whose writing process is gone. Returns what was removed. Readers never load them anyway
+    (hidden names); this only gives the disk space back."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if not match or _process_alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

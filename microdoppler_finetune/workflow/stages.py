@@ -212,7 +212,8 @@ def stage_dit(ctx: PipelineContext) -> dict:
 def stage_sample(ctx: PipelineContext) -> dict:
     from microdoppler_finetune.dit.data import export_dir_of, run_dir_of
     from microdoppler_finetune.dit.export import resolve_trained_dit, trained_dit_summary
-    from microdoppler_finetune.dit.sampling import INFO_FILE, SamplerSettings, generate_dataset
+    from microdoppler_finetune.dit.sample_folder import generate_into_folder
+    from microdoppler_finetune.dit.sampling import INFO_FILE, SamplerSettings
 
     dit = ctx.cfg.dit
     run_dir = run_dir_of(ctx.cfg)
@@ -228,11 +229,11 @@ def stage_sample(ctx: PipelineContext) -> dict:
         if Path(info.get("checkpoint", "")) == trained.resolve() and int(info.get("checkpoint_step", -2)) == step:
             return {"skipped": f"samples of step {step} exist: {out_dir}", "images": len(info["files"])}
     s = dit.sample
-    info = generate_dataset(trained, export_dir_of(ctx.cfg), out_dir, per_person=int(s.per_person),
-                            conditions=(s.conditions or None) if uses_conditions else None,
-                            pairs=str(s.pairs) if uses_conditions and s.conditions else "all",
-                            settings=SamplerSettings.from_config(s), image_size=s.image_size,
-                            use_ema=bool(s.use_ema), device=str(dit.train.device))
+    info = generate_into_folder(trained, export_dir_of(ctx.cfg), out_dir, per_person=int(s.per_person),
+                                conditions=(s.conditions or None) if uses_conditions else None,
+                                pairs=str(s.pairs) if uses_conditions and s.conditions else "all",
+                                settings=SamplerSettings.from_config(s), image_size=s.image_size,
+                                use_ema=bool(s.use_ema), device=str(dit.train.device))
     return {"samples": str(out_dir), "images": len(info["files"]), "checkpoint": str(trained), "step": step,
             "seconds_per_image": info["seconds_per_image"]}
 

@@ -48,7 +48,7 @@ from microdoppler_finetune.latents.build import CACHE_SPLITS, encode_manifest_sp
 from microdoppler_finetune.latents.cache import EncodedSplit, write_latent_cache
 from microdoppler_finetune.latents.export import EXPORT_DIRNAME, export_encoder_for_dit, vae_identity
 from microdoppler_finetune.latents.statistics import ChannelStatistics, statistics_summary
-from microdoppler_finetune.utils.files import atomic_write_json, file_sha256, path_sha256
+from microdoppler_finetune.utils.files import atomic_write_json, atomic_write_text, file_sha256, path_sha256
 from microdoppler_finetune.utils.plain import to_plain
 from microdoppler_finetune.utils.tensors import pick_device
 
@@ -281,7 +281,8 @@ def run_metrics(ctx: Step5Context) -> dict:
         "splits": splits,
     }
     _write_json(ctx.out_dir / "metrics.json", metrics)
-    (ctx.out_dir / "metrics.md").write_text(metrics_markdown(metrics, f"Reconstruction metrics: {ctx.choice.name}"))
+    atomic_write_text(ctx.out_dir / "metrics.md",
+                      metrics_markdown(metrics, f"Reconstruction metrics: {ctx.choice.name}"))
     figure = write_reconstruction_figure(ctx)
     print(metrics_markdown({"splits": splits}, f"Reconstruction: {ctx.choice.name}", groups=False), flush=True)
     return {"metrics": str(ctx.out_dir / "metrics.json"), "figure": str(figure) if figure else None,
@@ -452,7 +453,7 @@ def write_validation_summary(validation_root: Path) -> Optional[Path]:
              "| name | split | images | PSNR (dB) | SSIM | MSE | LPIPS | checkpoint |",
              "|---|---|---:|---:|---:|---:|---:|---|", *rows]
     path = validation_root / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
