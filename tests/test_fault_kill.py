@@ -325,23 +325,65 @@ def sample_args(trained: Path, out: Path) -> list:
             "--out", str(out), "--per_person", "2", "--num_sampling_steps", "3", "--batch_size", "4", "--device", "cpu"]
 
 
-def test_sampling_killed_inside_an_image_write_reruns_to_the_same_images(tmp_path, trained_dit, one_thread):
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory, trained_dit, one_thread) -> Path:
+    """The uninterrupted reference sampling (in this process)."""
     from microdoppler_finetune import sample_dit
 
-    reference = tmp_path / "reference"
-    assert sample_dit.main(sample_args(trained_dit, reference)) == 0
+    out = tmp_path_factory.mktemp("reference") / "samples"
+    assert sample_dit.main(sample_args(trained_dit, out)) == 0
+    return out
+
+
+def test_sampling_killed_inside_an_image_write_reruns_to_the_same_images(tmp_path, trained_dit, sampled):
     out = tmp_path / "samples"
     nth = int(seeded_delay("sample", 1, 6.99))  # 3 people x 2 images
     killed = run(command("microdoppler_finetune.sample_dit", *sample_args(trained_dit, out)),
                  env=child_env(MDF_FAULT_PAUSE=f".jpg:{nth}"), kill_on="MDF_FAULT paused", timeout=300)
     assert killed.killed, killed.output[-3000:]
     assert half_written(tmp_path) == []
-    assert not (out / "generation_info.json").exists()  # an interrupted sampling never looks finished
+    assert not out.exists()  # an interrupted sampling never looks like a finished one
 
     done = run(command("microdoppler_finetune.sample_dit", *sample_args(trained_dit, out)), env=child_env(),
                timeout=300)
     assert done.returncode == 0, done.output[-3000:]
     assert half_written(out) == [] and temporaries(tmp_path) == []
-    assert file_digests(out, "**/*.jpg") == file_digests(reference, "**/*.jpg")
-    info, expected = (json.loads((d / "generation_info.json").read_text()) for d in (out, reference))
+    assert file_digests(out, "**/*.jpg") == file_digests(sampled, "**/*.jpg")
+    info, expected = (json.loads((d / "generation_info.json").read_text()) for d in (out, sampled))
     assert info["files"] == expected["files"]
+
+
+# ------------------------------------------------------------------------------------------- step6
+
+
+def step6_args(work: Path, dataset: Path, sampled: Path) -> list:
+    return ["--work_dir", str(work), "--dataset_dir", str(dataset), "--generated", str(sampled), "--preset", "tiny",
+            "--image_size", str(SIZE), "--epochs", "2", "--batch_size", "8", "--fractions", "0.5,1.0", "--no_cas",
+            "--no_inception", "--device", "cpu", "--seed", "0"]
+
+
+def _results(work: Path) -> tuple:
+    rows = json.loads((work / "evaluation/identification/identification_results.json").read_text())["rows"]
+    generation = json.loads((work / "evaluation/generation/generation_metrics.json").read_text())
+    for key in ("seconds", "command"):  # the time taken and the work dir differ
+        generation.pop(key, None)
+    return [{k: v for k, v in row.items() if k not in ("seconds", "command")} for row in rows], generation
+
+
+def test_evaluation_killed_inside_a_write_reruns_to_the_same_results(tmp_path, dataset, sampled, one_thread):
+    from microdoppler_finetune import step6_evaluate
+
+    reference = tmp_path / "reference"
+    step6_evaluate.main(step6_args(reference, dataset, sampled))
+    work = tmp_path / "work"
+    nth = int(seeded_delay("step6", 1, 8.99))  # step6 writes 8 files
+    killed = run(command("microdoppler_finetune.step6_evaluate", *step6_args(work, dataset, sampled)),
+                 env=child_env(MDF_FAULT_PAUSE=f"{work}:{nth}"), kill_on="MDF_FAULT paused", timeout=300)
+    assert killed.killed, killed.output[-3000:]
+    assert half_written(work) == []
+
+    done = run(command("microdoppler_finetune.step6_evaluate", *step6_args(work, dataset, sampled)),
+               env=child_env(), timeout=300)
+    assert done.returncode == 0, done.output[-3000:]
+    assert half_written(work) == [] and temporaries(work) == []
+    assert _results(work) == _results(reference)

@@ -13,7 +13,6 @@ the numbers per person and the memorisation check. Also measured:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -41,6 +40,7 @@ from microdoppler_finetune.evaluation.identification.training import (
     train_classifier,
 )
 from microdoppler_finetune.utils.commands import reproducing_command
+from microdoppler_finetune.utils.files import atomic_write_json, atomic_write_text
 from microdoppler_finetune.utils.images import to_uint8
 from microdoppler_finetune.utils.tensors import pick_device
 from models.classifier import SpectrogramClassifier, load_classifier
@@ -238,8 +238,8 @@ def evaluate_generation(manifest_dir, generated_dir, out_dir="generation_metrics
         for name, accuracy in results["classification_accuracy_score"]["per_person"].items():
             per_person.setdefault(name, {})["cas_test_accuracy"] = accuracy
     results["seconds"] = round(time.time() - start, 1)
-    (out / METRICS_JSON).write_text(json.dumps(results, indent=2))
-    (out / METRICS_MD).write_text(metrics_markdown(results))
+    atomic_write_text(out / METRICS_MD, metrics_markdown(results))
+    atomic_write_json(out / METRICS_JSON, results)
     log(f"Wrote {out / METRICS_JSON} and {out / METRICS_MD}")
     return results
 

@@ -33,7 +33,13 @@ from microdoppler_finetune.evaluation.identification.training import (
     train_classifier,
 )
 from microdoppler_finetune.utils.commands import reproducing_command
-from microdoppler_finetune.utils.files import text_sha256
+from microdoppler_finetune.utils.files import (
+    atomic_write_json,
+    atomic_write_text,
+    swap_in_folder,
+    temporary_sibling,
+    text_sha256,
+)
 
 METHODS = ("real", "real+generated", "real+augmentation")
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
@@ -205,9 +211,10 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
         log(f"  -> val {row['val_accuracy']:.4f}, test {row['test_accuracy']:.4f} "
             f"({row['real_images']} real + {generated_used} generated images, {row['seconds']} s)")
         if variant.method == "real" and variant.real_fraction == 1.0 and not variant.cross_condition:
-            model.save_pretrained(str(out / FEATURE_CLASSIFIER_DIR))
-            (out / FEATURE_CLASSIFIER_DIR / "training_history.json").write_text(
-                json.dumps({k: v for k, v in history.items() if k != "train_keys"}, indent=2))
+            folder = temporary_sibling(out / FEATURE_CLASSIFIER_DIR)  # swapped in whole: never half a classifier
+            model.save_pretrained(str(folder))
+            atomic_write_json(folder / "training_history.json", {k: v for k, v in history.items() if k != "train_keys"})
+            swap_in_folder(folder, out / FEATURE_CLASSIFIER_DIR)
 
     results = {"config": asdict(config), "manifest": str(manifest_dir),
                "generated_dir": str(generated_dir) if generated_dir else None, "test_set": test_set,
@@ -215,9 +222,9 @@ def run_identification_experiments(manifest_dir, generated_dir=None, out_dir="id
                "condition_names": condition_names, "notes": notes, "rows": rows}
     if variants:
         results, trained_on = _merge_with_previous(out, results, trained_on, log)
-    (out / RESULTS_JSON).write_text(json.dumps(results, indent=2))
-    (out / INDICES_JSON).write_text(json.dumps(trained_on))
-    (out / RESULTS_MD).write_text(results_markdown(results))
+    atomic_write_json(out / INDICES_JSON, trained_on, indent=None)
+    atomic_write_text(out / RESULTS_MD, results_markdown(results))
+    atomic_write_json(out / RESULTS_JSON, results)  # last: the table the pipeline and the report read
     log(f"Wrote {out / RESULTS_JSON} and {out / RESULTS_MD}")
     return results
 
