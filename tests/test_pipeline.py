@@ -22,7 +22,7 @@ TINY = [
     "dit.train.sample_every=0", "dit.train.checkpoint_every=2", "dit.train.log_every=2",
     "dit.sample.per_person=3", "dit.sample.num_sampling_steps=3", "dit.sample.batch_size=9",
     "evaluate.fractions=[1.0]", "evaluate.epochs=1", "evaluate.batch_size=8", "evaluate.image_size=32",
-    "evaluate.classification_accuracy_score=false",
+    "evaluate.classification_accuracy_score=false", "evaluate.cross_condition=true",
 ]
 
 
