@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+from microdoppler_finetune.utils.files import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = REPO_ROOT / "configs"
@@ -349,6 +352,66 @@ def preset_path(name: str) -> Path:
     return path
 
 
+class ConfigError(ValueError):
+    """A config value or key that the schema does not accept; the message names where it came from."""
+
+
+class UnknownConfigKeyError(ConfigError, ConfigKeyError):
+    """A key the schema does not have (still an OmegaConf ConfigKeyError for callers that catch that)."""
+
+    def __init__(self, message: str):
+        ConfigError.__init__(self, message)
+        self.msg = message
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+def _closest(word: str, choices: Sequence[str]) -> Optional[str]:
+    import difflib
+
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return found[0] if found else None
+
+
+def _config_error(cfg: DictConfig, exc: Exception, source: str) -> ConfigError:
+    """An OmegaConf merge error as one line: the source, the full key, and the closest valid key (difflib)."""
+    full_key = str(getattr(exc, "full_key", "") or "")
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, ConfigKeyError) and full_key:
+        parent, _, leaf = full_key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        valid = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+        guess = _closest(leaf, valid)
+        where = f"'{parent}'" if parent else "the top level"
+        hint = (f" Did you mean '{parent + '.' if parent else ''}{guess}'?" if guess else
+                f" Valid keys of {where}: {', '.join(valid)}.")
+        return UnknownConfigKeyError(f"{source}: unknown config key '{full_key}'.{hint}")
+    return ConfigError(f"{source}: {first_line}" + (f" (key '{full_key}')" if full_key else ""))
+
+
+def merge_config(cfg: DictConfig, other, source: str) -> DictConfig:
+    """``OmegaConf.merge(cfg, other)``; a key the schema lacks or a value of the wrong type is refused with a
+    ConfigError that names ``source`` (the file or the --set list) and the closest valid key."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.merge(cfg, other)
+    except OmegaConfBaseException as exc:
+        raise _config_error(cfg, exc, source) from None
+
+
+def overrides_config(overrides: Sequence[str]) -> DictConfig:
+    """``--set key=value`` items as a config; a malformed item is a ConfigError naming it."""
+    for item in overrides:
+        if "=" not in str(item):
+            raise ConfigError(f"--set {item}: write key=value, e.g. --set data.image_size=64.")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except Exception as exc:  # noqa: BLE001 - OmegaConf/YAML parse errors of a value
+        raise ConfigError(f"--set {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
+
+
 def load_config(
     preset: Optional[str] = None,
     config_path: Optional[str | Path] = None,
@@ -357,20 +420,18 @@ def load_config(
     """Build the resolved config; unknown keys are errors (a typo must not be silently ignored)."""
     cfg = OmegaConf.structured(PipelineConfig)
     if preset is not None:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(preset_path(preset)))
+        cfg = merge_config(cfg, OmegaConf.load(preset_path(preset)), str(preset_path(preset)))
         cfg.run.preset = preset
     if config_path is not None:
         path = Path(config_path)
         if not path.is_file():
             raise FileNotFoundError(f"Config file {path} does not exist.")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = merge_config(cfg, OmegaConf.load(path), f"config file {path}")
+    for item in overrides:  # one by one, so an error names the item
+        cfg = merge_config(cfg, overrides_config([item]), f"--set {item}")
     return cfg
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, path, resolve=True)
-    return path
+    """The resolved config as YAML, written whole or not at all."""
+    return atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))

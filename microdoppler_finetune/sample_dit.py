@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from microdoppler_finetune.config import PRESETS, load_config
+from microdoppler_finetune.utils.cli import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,4 +94,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

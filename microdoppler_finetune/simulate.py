@@ -18,6 +18,7 @@ from microdoppler_finetune.simulator.dataset import LAYOUTS, simulate_dataset
 from microdoppler_finetune.simulator.people import CONDITION_NAMES
 from microdoppler_finetune.simulator.preview import render_preview_grid
 from microdoppler_finetune.simulator.radar import BANDS, RadarSettings
+from microdoppler_finetune.utils.cli import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,4 +66,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -9,6 +9,7 @@ import json
 import sys
 
 from microdoppler_finetune.environment import run_setup
+from microdoppler_finetune.utils.cli import run_main
 
 
 def main(argv=None) -> int:
@@ -31,4 +32,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from microdoppler_finetune.environment import running_on_kaggle
+from microdoppler_finetune.utils.cli import run_main
 from microdoppler_finetune.utils.hub import HUB_PROBE_TIMEOUT_S
 from microdoppler_finetune.weights.download import download_pretrained, missing_files_message
 from microdoppler_finetune.weights.locate import default_cache_dir
@@ -69,4 +70,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -17,6 +17,7 @@ from microdoppler_finetune.data.layouts import EXPECTED_LAYOUTS
 from microdoppler_finetune.data.prepare import DEFAULT_GAP_FRAMES, default_output_dir
 from microdoppler_finetune.data.splits import SPLIT_UNITS
 from microdoppler_finetune.environment import kaggle_input_root
+from microdoppler_finetune.utils.cli import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from microdoppler_finetune.config import PRESETS, load_config
+from microdoppler_finetune.config import PRESETS, load_config, merge_config, overrides_config
 from microdoppler_finetune.environment import default_work_dir, detect_gpus, recommend_preset
+from microdoppler_finetune.utils.cli import run_main
 from microdoppler_finetune.workflow.validate_export import (
     PARTS,
     CheckpointChoice,
@@ -105,9 +106,10 @@ def build_config(args: argparse.Namespace, choice: CheckpointChoice):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
-    from omegaconf import OmegaConf
-
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides + list(args.overrides)))
+    cfg = merge_config(cfg, overrides_config(overrides), "step5's flags")
+    for item in args.overrides:
+        cfg = merge_config(cfg, overrides_config([item]), f"--set {item}")
+    return cfg
 
 
 def _merge_file(cfg, path: str):
@@ -115,7 +117,7 @@ def _merge_file(cfg, path: str):
 
     if not Path(path).is_file():
         raise SystemExit(f"--config {path} does not exist.")
-    return OmegaConf.merge(cfg, OmegaConf.load(path))
+    return merge_config(cfg, OmegaConf.load(path), f"config file {path}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -134,4 +136,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

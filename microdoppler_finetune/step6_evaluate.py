@@ -28,6 +28,7 @@ from microdoppler_finetune.environment import default_work_dir
 from microdoppler_finetune.evaluation.generation.evaluate import INCEPTION_WEIGHTS_FILE
 from microdoppler_finetune.evaluation.identification.experiments import DEFAULT_FRACTIONS, METHODS
 from microdoppler_finetune.evaluation.identification.training import IdentificationConfig
+from microdoppler_finetune.utils.cli import run_main
 from models.classifier import CLASSIFIER_PRESETS
 
 
@@ -125,4 +126,4 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -48,6 +48,13 @@ def _looks_like_torch_file(path: Path) -> bool:
         return handle.read(1) == b"\x80"
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with the 8-byte little-endian length of its JSON header, then '{'."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
 def load_torch_file(path: PathLike, *, trust_pickle: bool = False, map_location="cpu", mmap: bool = True):
     """``torch.load`` a .pt/.ckpt/.pth/.bin file, weights-only unless ``trust_pickle``.
 
@@ -58,6 +65,9 @@ def load_torch_file(path: PathLike, *, trust_pickle: bool = False, map_location=
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file {path} does not exist.")
     if not _looks_like_torch_file(path):
+        if _looks_like_safetensors(path):
+            raise ValueError(f"{path} is a safetensors file (weights only), not the PyTorch checkpoint expected "
+                             f"here. Check that this is the file you meant.")
         raise ValueError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle "
                          f"stream). Check that the download finished and that this is the file you meant.")
     use_mmap = mmap and zipfile.is_zipfile(path)

@@ -706,8 +706,11 @@ def load_vavae(path: PathLike, *, trust_pickle: bool = False, prefix: Optional[s
         elif content and all(isinstance(v, torch.Tensor) for v in content.values()):
             state = content
         else:
+            hint = (" It is a DiT checkpoint (train_conditional_dit.py), not a VA-VAE." if "dit_config" in content
+                    else "")
             raise KeyMismatchError(f"{path}: no 'state_dict' entry and not a plain state_dict (top-level keys: "
-                                   f"{sorted(content)[:20]}).")
+                                   f"{sorted(content)[:20]}).{hint} Pass the released VA-VAE (step2), a step4 "
+                                   f"checkpoint (.ckpt) or a step5 export folder.")
         config = _config_from_checkpoint(content)
     return load_vavae_state_dict(state, source=str(path), prefix=prefix, config=config, latent_stats=stats)
 

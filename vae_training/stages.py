@@ -63,12 +63,21 @@ def _check_stage(stage: dict, where: str) -> None:
     if missing:
         raise ValueError(f"{where}: stage '{stage.get('name', '?')}' lacks {', '.join(missing)}. Every stage "
                          f"states all of: {', '.join(STAGE_FIELDS)}.")
-    unknown = sorted(set(stage) - set(STAGE_FIELDS))
-    if unknown:
-        raise ValueError(f"{where}: stage '{stage['name']}' has unknown field(s) {', '.join(unknown)}; "
-                         f"allowed: {', '.join(STAGE_FIELDS)}.")
+    _refuse_unknown_fields(stage, where, stage["name"])
     if int(stage["epochs"]) < 1 or float(stage["learning_rate"]) <= 0 or int(stage["disc_start"]) < 0:
         raise ValueError(f"{where}: stage '{stage['name']}' needs epochs >= 1, learning_rate > 0, disc_start >= 0.")
+
+
+def _refuse_unknown_fields(fields: dict, where: str, name: str) -> None:
+    """A misspelled stage field is an error naming the closest valid one (difflib), never silently ignored."""
+    import difflib
+
+    unknown = sorted(set(fields) - set(STAGE_FIELDS))
+    if unknown:
+        guesses = [f"'{k}' (did you mean '{close[0]}'?)" if close else f"'{k}'" for k in unknown
+                   for close in [difflib.get_close_matches(k, STAGE_FIELDS, n=1, cutoff=0.5)]]
+        raise ValueError(f"{where}: stage '{name}' has unknown field(s) {', '.join(guesses)}; "
+                         f"allowed: {', '.join(STAGE_FIELDS)}.")
 
 
 def disc_start_from_official(global_step: int) -> int:
@@ -108,6 +117,7 @@ def resolve_stages(cfg: DictConfig) -> list[dict]:
     for name, changes in overrides.items():
         if name not in names:
             raise ValueError(f"vae_train.stage_overrides names stage '{name}', but the schedule has {names}.")
+        _refuse_unknown_fields(changes, f"vae_train.stage_overrides.{name}", name)
         stages[names.index(name)].update(changes)
     for stage in stages:
         if train.learning_rate is not None:

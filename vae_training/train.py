@@ -7,7 +7,6 @@ chosen checkpoint of an earlier stage as recorded in that stage's ``stage_result
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +120,12 @@ def vae_config_of_checkpoint(path: Path) -> dict:
     """The VA-VAE config stored in one of our checkpoints (to rebuild the architecture before resuming)."""
     from models.checkpoints import load_torch_file
 
-    state = load_torch_file(path)
+    try:
+        state = load_torch_file(path)
+    except (ValueError, RuntimeError, EOFError) as exc:  # truncated, corrupt, or needs unpickling
+        raise ValueError(f"{path} cannot be read ({str(exc).splitlines()[0][:300]}). It holds the stage's training "
+                         f"state: restore it, or move it away (e.g. rename it to last.ckpt.damaged) and rerun the "
+                         f"same command to restart the stage from its beginning.") from exc
     if "vavae_config" not in state:
         raise KeyError(f"{path} has no 'vavae_config': it was not written by vae_training. Delete it to restart "
                        f"the stage, or move it away.")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from microdoppler_finetune.utils.cli import run_main
 from vae_training.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="vavae_finetune.py", description=__doc__))
+    sys.exit(run_main(lambda: main(prog="vavae_finetune.py", description=__doc__)))

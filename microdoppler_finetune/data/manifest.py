@@ -16,7 +16,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterable, Optional, Sequence, Union
 
 from microdoppler_finetune.utils.files import atomic_write_text, file_sha256, text_sha256
@@ -114,6 +114,19 @@ class Manifest:
         return counts
 
 
+EDITED_HINT = ("The manifest was edited or damaged; re-run step3_prepare_dataset.py with --overwrite instead of "
+               "editing it (and redo the later stages).")
+
+
+def _check_relative_path(path: str, row: str) -> None:
+    """A manifest path is relative to the data root and stays inside it: no absolute path, drive or '..'."""
+    pure = PurePosixPath(path)
+    windows = PureWindowsPath(path)
+    if not path or pure.is_absolute() or windows.drive or windows.root or ".." in pure.parts or ".." in windows.parts:
+        raise ManifestFormatError(f"{row}: path {path!r} is not inside the data root (absolute paths and '..' are "
+                                  f"refused: every image must be under data_root). {EDITED_HINT}")
+
+
 def _typed(row: dict, index: int, file: Path) -> dict:
     entry = dict(row)
     entry["withheld"] = entry.get("withheld") or ""
@@ -154,15 +167,23 @@ def load_manifest(path_or_dir: Union[str, Path], data_root: Optional[Union[str, 
         entries = [_typed(row, i, file) for i, row in enumerate(reader)]
     person_names = list(labels.get("person_names", []))
     condition_names = list(labels.get("condition_names", []))
+    first_row: dict = {}
     for e in entries:
+        row = f"{file}, data row {e['index'] + 1}"
         if e["split"] not in (*SPLITS, GAP):
-            raise ManifestFormatError(f"{file}, data row {e['index'] + 1}: unknown split {e['split']!r}.")
+            raise ManifestFormatError(f"{row}: unknown split {e['split']!r}. {EDITED_HINT}")
         if not (0 <= e["person_id"] < len(person_names) and person_names[e["person_id"]] == e["person"]):
-            raise ManifestFormatError(f"{file}, data row {e['index'] + 1}: person_id {e['person_id']} / person "
-                                      f"{e['person']!r} do not match {labels_file}.")
+            raise ManifestFormatError(f"{row}: person_id {e['person_id']} / person {e['person']!r} do not match "
+                                      f"{labels_file} (people: {', '.join(person_names)}). {EDITED_HINT}")
         if not (0 <= e["condition_id"] < len(condition_names) and condition_names[e["condition_id"]] == e["condition"]):
-            raise ManifestFormatError(f"{file}, data row {e['index'] + 1}: condition_id {e['condition_id']} / "
-                                      f"condition {e['condition']!r} do not match {labels_file}.")
+            raise ManifestFormatError(f"{row}: condition_id {e['condition_id']} / condition {e['condition']!r} do "
+                                      f"not match {labels_file}. {EDITED_HINT}")
+        _check_relative_path(e["path"], row)
+        if e["path"] in first_row:
+            raise ManifestFormatError(f"{row}: {e['path']!r} is listed twice (first in data row "
+                                      f"{first_row[e['path']] + 1}); one image in two rows can land in two splits. "
+                                      f"{EDITED_HINT}")
+        first_row[e["path"]] = e["index"]
     check_training_rows(entries, Withholding.from_dict(labels.get("withheld")), str(file))
     root = Path(data_root) if data_root is not None else Path(labels.get("data_root", ""))
     return Manifest(path=file, data_root=root, entries=entries, person_names=person_names,

@@ -55,6 +55,21 @@ def latest_checkpoint(directory: str | Path) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
+def load_latest_readable(directory: str | Path, log=print) -> Tuple[Optional[Path], Optional[dict]]:
+    """The newest checkpoint that reads whole, and its content; (None, None) when there is none.
+
+    A newer file that cannot be read (copied in half, damaged on disk, or needing full unpickling) is named in a
+    warning and passed over: the run resumes from the last complete state instead of failing or restarting.
+    """
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path)
+        except (ValueError, RuntimeError, EOFError) as exc:
+            log(f"WARNING: {path} cannot be read ({str(exc).splitlines()[0][:200]}); not resuming from it. Move it "
+                f"away to silence this warning; an earlier checkpoint is tried instead.")
+    return None, None
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """torch.save to a temporary name, then rename: an interrupted save never looks like a checkpoint."""
     with atomic_path(path) as tmp:

@@ -59,7 +59,7 @@ def build_dit(dit_config: Optional[dict], *, data=None, cfg: Optional[DictConfig
 
 def _load_init_weights(path: str, *, use_ema: bool, trust_pickle: bool) -> torch.nn.Module:
     """A released LightningDiT / any load_dit file; one of our LoRA checkpoints comes back with LoRA merged."""
-    from models.checkpoints import load_torch_file
+    from models.checkpoints import KeyMismatchError, load_torch_file
     from models.dit import load_dit
 
     if str(path).endswith((".pt", ".pth", ".ckpt")):
@@ -67,7 +67,13 @@ def _load_init_weights(path: str, *, use_ema: bool, trust_pickle: bool) -> torch
         if isinstance(content, dict) and content.get("lora") and "dit_config" in content:
             return load_trained_dit(path, use_ema=use_ema, trust_pickle=trust_pickle)[0]
         del content
-    return load_dit(path, use_ema=use_ema, trust_pickle=trust_pickle)
+    try:
+        return load_dit(path, use_ema=use_ema, trust_pickle=trust_pickle)
+    except KeyMismatchError as exc:
+        if str(path) in str(exc):
+            raise
+        raise KeyMismatchError(f"--init_from {path}: {exc} Pass a released LightningDiT file or a checkpoint of "
+                               f"train_conditional_dit.py.") from exc
 
 
 def dit_config_of(model: torch.nn.Module) -> dict:

@@ -526,8 +526,8 @@ def train_dit(cfg: DictConfig) -> dict:
     dist_info = setup_distributed(str(cfg.dit.train.device))
     try:
         run_dir = run_dir_of(cfg)
-        resume_path = C.latest_checkpoint(run_dir / C.CHECKPOINT_DIRNAME)
-        resume = C.load_checkpoint(resume_path) if resume_path is not None else None
+        say = (lambda m: print(m, flush=True)) if dist_info.is_main else (lambda m: None)
+        resume_path, resume = C.load_latest_readable(run_dir / C.CHECKPOINT_DIRNAME, log=say)
         if dist_info.is_main:
             data = load_dit_data(cfg)  # builds the latent cache once when it is missing
             barrier(dist_info)

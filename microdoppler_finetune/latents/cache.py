@@ -389,6 +389,9 @@ def load_latent_cache(
         print(f"WARNING: the latent cache {cache_dir} is incomplete (written with --max_images).", flush=True)
     parts: Dict[str, list] = {k: [] for k in TENSOR_KEYS}
     for shard in info["splits"][split]["shards"]:
+        if Path(shard["file"]).name != shard["file"] or shard["file"] in ("", ".", ".."):
+            raise ValueError(f"{cache_dir / CACHE_INFO_FILE} lists the shard {shard['file']!r}, which is not a file of "
+                             f"{cache_dir} (shards are plain names in the cache folder). {REBUILD_HINT}")
         path = cache_dir / shard["file"]
         if not path.is_file():
             raise FileNotFoundError(f"Shard {path} listed in {cache_dir / CACHE_INFO_FILE} is missing. "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from typing import Optional
 
+from microdoppler_finetune.utils.cli import is_user_error, user_error_message
 from microdoppler_finetune.workflow.context import MODES
 
 PIPELINE_HELP = """Run the whole pipeline: simulate (when no data) -> split -> VA-VAE -> export -> DiT -> samples ->
@@ -53,5 +55,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (FileNotFoundError, DatasetError) as error:
         # Missing inputs (a folder, an earlier stage's output, weights): the message names the file and the fix.
         print(f"\nERROR: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - a user's mistake is one line; a bug keeps its traceback
+        if os.environ.get("MDF_TRACEBACK", "") not in ("", "0") or not is_user_error(error):
+            raise
+        print(f"\nERROR: {user_error_message(error)}\nFix it and rerun the same command: finished stages are "
+              f"kept.\n  {command}", file=sys.stderr)
         return 2
     return 0
