@@ -123,6 +123,7 @@ def test_complete_run_has_every_part_with_decodable_images(tmp_path):
     assert "rows: per_condition (3 rows)" in text and "NOT reached: real + generated beats" in \
         (work / "report.md").read_text()
     assert "λ_vf" in text and "λ_adv" in text
+    assert "Test accuracy per condition" in text and "Test accuracy per person" in text
     html = (work / "report.html").read_text()
     assert html.count("class=\"unseen\"") == 1
     # report.json keeps the stage log; report.md is readable

@@ -101,7 +101,7 @@ def training_block(work_dir: Path) -> tuple[str, str, list]:
         if plot else note("train_log.csv has no logged step yet.")
     grids = sorted((run_dir / "samples").glob("grid_*.jpg"), key=natural_key)
     if grids:
-        body += figure(file_uri(grids[-1]), f"Samples drawn during training ({grids[-1].name})", width=700)
+        body += figure(file_uri(grids[-1]), f"Samples drawn during training ({grids[-1].name})", width=420)
     finished = target is not None and last_step >= int(target)
     headline = [f"{facts[0][1]}, step {last_step} of {target}, best EMA validation loss {fmt(best)}"]
     return body, DONE if finished else PARTIAL, headline

@@ -66,15 +66,16 @@ def data_size_plot(rows: list) -> Optional[str]:
     return line_plot([panel], width=6.0, height=3.4)
 
 
-def per_person_table(rows: list, people: list) -> str:
-    chosen = [r for r in rows if isinstance(r.get("per_person_test_accuracy"), Mapping)
+def per_group_table(rows: list, key: str, what: str, names: list) -> str:
+    """Test accuracy per person (or condition) of the rows trained on all the real training data."""
+    chosen = [r for r in rows if isinstance(r.get(key), Mapping)
               and value_of(r.get("real_fraction")) == 1.0 and not r.get("cross_condition")]
     if not chosen:
         return ""
-    names = people or sorted({p for r in chosen for p in r["per_person_test_accuracy"]}, key=natural_key)
-    lines = [[p, *[fmt(r["per_person_test_accuracy"].get(p)) for r in chosen]] for p in names]
-    return table(["person", *[r.get("variant", "") for r in chosen]], lines,
-                 caption="Test accuracy per person (rows with all the real training data)")
+    names = names or sorted({p for r in chosen for p in r[key]}, key=natural_key)
+    lines = [[p, *[fmt(r[key].get(p)) for r in chosen]] for p in names]
+    return table([what, *[r.get("variant", "") for r in chosen]], lines,
+                 caption=f"Test accuracy per {what} (rows with all the real training data)")
 
 
 def confusion_blocks(rows: list, people: list) -> str:
@@ -108,11 +109,14 @@ def identification_block(work_dir: Path) -> tuple[str, list, bool]:
     if plot:
         body += figure(plot, "Test accuracy over the share of real training recordings, per method")
     if any(r.get("cross_condition") for r in rows):
-        body += note("Cross-condition rows train and validate on Normal* recordings only; target accuracy is on the "
-                     "Backpack* test images.")
+        body += note("Cross-condition rows A->B train and validate on condition A's recordings only; target accuracy "
+                     "is on condition B's test images; A+generated-B adds the generated images of condition B.")
     if results.get("notes"):
         body += "<p>Notes:</p>" + bullet_list(results["notes"])
-    body += per_person_table(rows, people)
+    conditions = list(results.get("condition_names") or [])
+    if len(conditions) > 1:
+        body += per_group_table(rows, "per_condition_test_accuracy", "condition", conditions)
+    body += per_group_table(rows, "per_person_test_accuracy", "person", people)
     body += confusion_blocks(rows, people)
     body += details("Commands that reproduce each row",
                     bullet_list([f"{r.get('variant')}: {r.get('command', '')}" for r in rows]))

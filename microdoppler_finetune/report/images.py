@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 MAX_SIDE = 1600  # larger figures are scaled down: the report stays a few MB
-MAX_EMBED_BYTES = 1_500_000  # files above this are re-encoded even when small enough in pixels
+MAX_EMBED_BYTES = 400_000  # larger files are re-encoded (photo-like PNG figures as JPEG: a fraction of the size)
 MIME = {"PNG": "image/png", "JPEG": "image/jpeg"}
 
 
@@ -46,9 +46,11 @@ def file_uri(path, max_side: int = MAX_SIDE) -> Optional[str]:
     except (OSError, ValueError, SyntaxError):
         return None
     image.thumbnail((max_side, max_side))
+    transparent = "transparency" in image.info or (
+        image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema()[0] < 255)  # matplotlib: RGBA, opaque
     if image.mode not in ("RGB", "RGBA", "L"):
-        image = image.convert("RGB")
-    return _encode(image, "JPEG" if fmt == "JPEG" else "PNG")
+        image = image.convert("RGBA" if transparent else "RGB")
+    return _encode(image, "PNG" if transparent else "JPEG", quality=90)
 
 
 def strip_uri(paths: Sequence, thumb: int = 72, gap: int = 2) -> Optional[str]:

@@ -33,6 +33,7 @@ MAX_ROWS = 200
 MAX_FIGURES = 24
 LONG_TEXT = 160  # longer cells (commands, file lists) go below the table
 SUMMARY_KEYS = {"mean", "std", "n", "values", "min", "max", "seeds"}
+FIRST_TABLES = ("rows", "goals")  # shown first when present; every other table follows in the file's order
 
 
 def is_summary(value) -> bool:
@@ -69,6 +70,8 @@ def rows_table(name: str, rows: list, keys: Optional[list] = None) -> str:
         for key in row:
             if key not in columns:
                 columns.append(key)
+    if keys:  # a column repeating each row's key (e.g. "name") adds nothing
+        columns = [c for c in columns if not all(str(row.get(c)) == k for row, k in zip(rows, keys))]
     kinds = {c: _kind([row.get(c) for row in rows]) for c in columns}
     cells = [c for c in columns if kinds[c] == "cell"]
     headers = ([""] if keys else []) + cells
@@ -99,9 +102,10 @@ def render_value(name: str, value) -> str:
     if isinstance(value, Mapping):
         simple = [(k, v) for k, v in value.items() if not (is_rows(v) or is_keyed_rows(v))]
         html = kv_list(simple) if simple else ""
-        for key, item in value.items():
-            if is_rows(item) or is_keyed_rows(item):
-                html += render_value(f"{name}.{key}" if name else str(key), item)
+        tables = [k for k, v in value.items() if is_rows(v) or is_keyed_rows(v)]
+        tables.sort(key=lambda k: FIRST_TABLES.index(k) if k in FIRST_TABLES else len(FIRST_TABLES))
+        for key in tables:
+            html += render_value(f"{name}.{key}" if name else str(key), value[key])
         return html
     return kv_list([(name or "value", value)])
 
@@ -115,8 +119,6 @@ def build(work_dir: Path) -> Section:
                                              f"microdoppler_finetune.run_augmentation_study --work_dir WORK_DIR)")
         return Section("study", "Augmentation study", NOT_RUN, body, ["not run"])
     body, headline = "", []
-    for path in figures[:MAX_FIGURES]:
-        body += figure(file_uri(path), str(path.relative_to(study_dir)))
     if results is not None:
         body += render_value("", results)
         rows = results.get("rows") if isinstance(results, Mapping) else results
@@ -128,6 +130,8 @@ def build(work_dir: Path) -> Section:
                          for k, g in goals.items()]
     else:
         body += not_run("study table", f"{study_dir / 'results.json'} is missing or unreadable")
+    for path in figures[:MAX_FIGURES]:
+        body += figure(file_uri(path), str(path.relative_to(study_dir)))
     if figures:
         headline.append(f"{len(figures)} plot(s)")
     body = f"<p>{esc('Rows are mean ± std over seeds (n = number of seeds).')}</p>" + body

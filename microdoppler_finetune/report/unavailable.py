@@ -70,8 +70,15 @@ def from_validation(work_dir: Path, facts: Facts) -> None:
         if not isinstance(data, dict):
             continue
         if data.get("lpips_available") is False:
-            facts.add("lpips_metric", f"LPIPS metric: {data.get('lpips') or 'unavailable'} (PSNR and SSIM are "
-                                      f"reported).", _rel(path, work_dir))
+            facts.add("lpips_metric", f"LPIPS metric: {_short(data.get('lpips') or 'unavailable')}: PSNR and SSIM "
+                                      f"are reported (the LPIPS backbone file: docs/TROUBLESHOOTING.md).",
+                      _rel(path, work_dir))
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """A long message up to its first parenthesis (the full one stays in the file named as the source)."""
+    text = str(text)
+    return text.split(" (")[0] if len(text) > limit else text
 
 
 def from_generation(work_dir: Path, facts: Facts) -> None:
