@@ -19,6 +19,8 @@ TITLE = "Micro-Doppler pipeline report"
 def stage_status(entry: dict) -> str:
     if "incomplete" in entry:
         return "stopped early: " + str(entry["incomplete"])
+    if "failed" in entry:
+        return "failed: " + str(entry["failed"])
     if "skipped" in entry:
         return "reused: " + str(entry["skipped"])
     return "done"
