@@ -16,12 +16,12 @@ highest step). Sampler defaults come from the config (dit.sample: the release's 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 from microdoppler_finetune.config import PRESETS, load_config
+from microdoppler_finetune.report.lines import sample_line
 from microdoppler_finetune.utils.cli import run_main
 
 
@@ -87,9 +87,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         persons=args.persons, conditions=args.conditions, pairs=args.pairs, settings=settings,
         image_size=args.image_size if args.image_size is not None else s.image_size,
         use_ema=not args.no_ema and bool(s.use_ema), device=args.device, trust_pickle=args.trust_pickle)
-    summary = {k: v for k, v in info.items() if k != "files"}
-    summary["files"] = len(info["files"])
-    print(json.dumps(summary, indent=2))
+    print(sample_line(info, args.out))  # everything else: <out>/generation_info.json
     return 0
 
 

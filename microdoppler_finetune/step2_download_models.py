@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from microdoppler_finetune.environment import running_on_kaggle
+from microdoppler_finetune.report.lines import step2_line
 from microdoppler_finetune.utils.cli import run_main
 from microdoppler_finetune.utils.hub import HUB_PROBE_TIMEOUT_S
 from microdoppler_finetune.weights.download import download_pretrained, missing_files_message
@@ -60,13 +61,12 @@ def main(argv=None) -> int:
         # Verification failures, refused unpickling, download errors: each message says what to do.
         print(f"step2 failed: {exc}", file=sys.stderr)
         return 2
-    print(f"Index: {result.index_path}")
     for name, path in result.ready.items():
         print(f"  {name}: {path}")
     if not result.ok:
         print(missing_files_message(result, args.local_dir, args.kaggle or running_on_kaggle()), file=sys.stderr)
-        return 2
-    return 0
+    print(step2_line(result.ready, what, result.index_path, result.ok), flush=True)
+    return 0 if result.ok else 2
 
 
 if __name__ == "__main__":

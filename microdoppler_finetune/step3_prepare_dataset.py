@@ -17,6 +17,7 @@ from microdoppler_finetune.data.layouts import EXPECTED_LAYOUTS
 from microdoppler_finetune.data.prepare import DEFAULT_GAP_FRAMES, default_output_dir
 from microdoppler_finetune.data.splits import SPLIT_UNITS
 from microdoppler_finetune.environment import kaggle_input_root
+from microdoppler_finetune.report.lines import step3_line
 from microdoppler_finetune.utils.cli import run_main
 
 
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     except (DatasetError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
+    print(step3_line(output_dir / "manifest.csv"))
     return 0
 
 

@@ -14,13 +14,13 @@ released and the fine-tuned VA-VAE can be compared with the same command (<work_
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 from microdoppler_finetune.config import PRESETS, load_config, merge_config, overrides_config
 from microdoppler_finetune.environment import default_work_dir, detect_gpus, recommend_preset
+from microdoppler_finetune.report.lines import step5_line
 from microdoppler_finetune.utils.cli import run_main
 from microdoppler_finetune.workflow.validate_export import (
     PARTS,
@@ -130,8 +130,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     choice = resolve_choice(args)
     cfg = build_config(args, choice)
     summary = run_step5(cfg, choice, parts, trust_pickle=args.trust_pickle, data_root=args.data_root)
-    print("\n=== step5 summary ===")
-    print(json.dumps(summary, indent=2, default=str))
+    print(step5_line(summary))  # the whole summary: <validation_dir>/step5_summary.json
     return 0
 
 

@@ -19,7 +19,6 @@ Without --generated only the real and augmentation rows of part 1 run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -28,6 +27,7 @@ from microdoppler_finetune.environment import default_work_dir
 from microdoppler_finetune.evaluation.generation.evaluate import INCEPTION_WEIGHTS_FILE
 from microdoppler_finetune.evaluation.identification.experiments import DEFAULT_FRACTIONS, METHODS
 from microdoppler_finetune.evaluation.identification.training import IdentificationConfig
+from microdoppler_finetune.report.lines import step6_line
 from microdoppler_finetune.utils.cli import run_main
 from models.classifier import CLASSIFIER_PRESETS
 
@@ -121,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         inception=not args.no_inception, inception_weights=args.inception_weights,
         vae_encoder=args.vae_encoder or exported_encoder_in(work_dir), data_root=args.data_root,
         max_generated_per_person=args.max_generated_per_person, command=command))
-    print(json.dumps(summary, indent=2))
+    print(step6_line(summary, work_dir / "evaluation"))
     return summary
 
 

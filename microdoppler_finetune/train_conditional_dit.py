@@ -19,12 +19,13 @@ the same command resumes from the checkpoint with the highest step; --time_budge
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 from microdoppler_finetune.config import PRESETS, load_config
+from microdoppler_finetune.report.lines import dit_line
 from microdoppler_finetune.utils.cli import run_main
 
 
@@ -99,7 +100,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit(f"--data_root {args.data_root} is not a folder.")
     cfg = build_config(args)
     summary = train_dit(cfg)
-    print(json.dumps(summary, indent=2, default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the summary: one line, from rank 0
+        print(dit_line(summary))
     return 0
 
 

@@ -31,6 +31,12 @@ def run_pipeline(cfg: DictConfig, mode: str, command: str = "") -> Path:
             write_report(ctx.work_dir, ctx.log, mode=mode, command=ctx.command, preset=str(cfg.run.preset),
                          stages=MODES[mode], dataset_dir=ctx.dataset_dir)
             raise
+        except Exception as error:  # a crash: the report still shows what finished and what failed
+            ctx.log.append({"stage": name, "seconds": round(time.time() - start, 1),
+                            "failed": f"{type(error).__name__}: {error}"})
+            write_report(ctx.work_dir, ctx.log, mode=mode, command=ctx.command, preset=str(cfg.run.preset),
+                         stages=MODES[mode], dataset_dir=ctx.dataset_dir)
+            raise
         seconds = round(time.time() - start, 1)
         ctx.log.append({"stage": name, "seconds": seconds, **to_plain(result)})
         print(json.dumps({"stage": name, "seconds": seconds, **result}, indent=2, default=str), flush=True)
