@@ -87,8 +87,8 @@ class Study:
         if pairs is None:
             raise ValueError("generated_pairs 'all' is not supported by the study yet: use 'unseen'.")
         per_pair = per_pair_for(g.amount, len(self.data.splits["train"]), pairs)
-        needed = per_pair_for(max(max(self.s.amounts), self.s.amount_for_guidance),
-                              len(self.data.splits["train"]), pairs)
+        # At least the guidance sweep's amount, so the amounts below it are subsets of one pool.
+        needed = max(per_pair, per_pair_for(self.s.amount_for_guidance, len(self.data.splits["train"]), pairs))
         pool = self.pool(g.scale, seed, needed)
         keep = self.filter_mask(pool, g.threshold) if g.threshold > 0 else None
         return take_per_pair(pool, per_pair, keep)
