@@ -12,39 +12,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults.setups import SIZE, exported_test_vae, one_thread, simulated_dataset
 
 from microdoppler_finetune import sample_dit, step5_validate_export, step6_evaluate, train_conditional_dit
 from microdoppler_finetune.config import ConfigError, load_config
 from microdoppler_finetune.utils.cli import run_main
 from vae_training.cli import main as step4_main
 
-SIZE = 32
 MARKER = "unpickled.txt"
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> dict:
     """dataset/ (manifest), export/ and latents/ of the 'test' VA-VAE, dit/ with checkpoints at steps 2 and 4."""
-    from microdoppler_finetune.data import prepare_dataset
-    from microdoppler_finetune.simulator import simulate_dataset
-    from models.vavae import create_vavae, save_ldm_safetensors
-
     root = tmp_path_factory.mktemp("files")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        simulate_dataset(root / "data", people=3, per_person=8, image_size=SIZE, seed=0, workers=1,
-                         recordings_per_person=4, progress=False)
-        prepare_dataset(root / "data", root / "work" / "dataset", seed=0, log=None)
-        torch.manual_seed(0)
-        vae = save_ldm_safetensors(create_vavae("test", sample_size=SIZE), root / "vae.safetensors")
-        assert step5_validate_export.main(["--checkpoint", str(vae), "--export", "--cache", "--work_dir",
-                                           str(root / "work"), "--preset", "cpu_demo", "--image_size", str(SIZE),
-                                           "--set", "data.num_workers=0"]) == 0
+    with one_thread():
+        dataset = simulated_dataset(root)
+        vae = exported_test_vae(root)
         assert train_conditional_dit.main(dit_args(root / "work")) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return {"root": root, "work": root / "work", "vae": vae, "dataset": root / "work" / "dataset",
+    return {"root": root, "work": root / "work", "vae": vae, "dataset": dataset,
             "export": root / "work" / "export" / "vavae_encoder_for_dit"}
 
 
@@ -129,8 +115,8 @@ def test_truncated_checkpoints_are_named_and_training_resumes_from_the_last_comp
 
 
 def test_lightning_checkpoint_and_plain_state_dict_in_each_others_place(base, tmp_path, capsys):
-    from models.vavae import load_vavae
     from microdoppler_finetune.utils.tensors import state_dict_fingerprint
+    from models.vavae import load_vavae
 
     vae = load_vavae(base["vae"])
     plain = tmp_path / "plain.pt"  # a bare state_dict where a Lightning .ckpt ({"state_dict": ...}) is usual

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from faults import child_env, command, file_digests, half_written, run, seeded_delay, temporaries
 
 pytestmark = pytest.mark.fault
@@ -145,7 +144,7 @@ def test_vae_stage_killed_at_a_random_moment_and_inside_a_checkpoint_write_resum
     env = dict(TORCH_HOME=str(torch_home), MDF_FAULT_WATCH="last.ckpt")
 
     # 1. Killed at a random moment after its first checkpoint.
-    first = run(vae_command(work, dataset), env=child_env(**env), kill_on=r"MDF_FAULT replaced .*last\.ckpt$",
+    first = run(vae_command(work, dataset), env=child_env(**env), kill_on=r"MDF_FAULT replaced .*last\.ckpt\t",
                 kill_delay=seeded_delay("vae", 0.0, 1.0), timeout=300)
     assert first.killed, first.output[-3000:]
     assert half_written(work) == []

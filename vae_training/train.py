@@ -281,8 +281,8 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
         status = S.STATUS_NONFINITE
         message = (f"stopped after {module.nonfinite_in_a_row} non-finite losses/gradients in a row at autoencoder "
                    f"step {module.ae_steps}; state at the stop: {stop_ckpt}; last good state: "
-                   f"{folder.last_checkpoint}. Lower --learning_rate, set --gradient_clip_val, use --precision 32, "
-                   f"or find the cause with --detect_anomaly.")
+                   f"{folder.last_checkpoint if folder.last_checkpoint.is_file() else 'none yet'}. Likely causes: "
+                   f"{nonfinite_causes(cfg, stage, module)}. Find the exact place with --detect_anomaly.")
     elif module.stop_reason is not None:
         status = S.STATUS_INTERRUPTED
         message = f"stopped cleanly ({module.stop_reason}) at autoencoder step {module.ae_steps}; rerun to continue"
@@ -307,6 +307,22 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
     print(f"[{stage['name']}] {status}: {message}\n[{stage['name']}] chosen checkpoint: {best_path} "
           f"({MONITOR}={best_score})", flush=True)
     return result
+
+
+def nonfinite_causes(cfg: DictConfig, stage: dict, module: VAVAEFineTuneModule) -> str:
+    """The likely causes of a non-finite stop, most likely first, each with its fix."""
+    causes = []
+    if str(cfg.vae_train.precision) == "16-mixed":
+        causes.append(f"fp16 overflow ({module.amp_skipped_steps} steps the grad scaler skipped): train with "
+                      f"--precision 32 or bf16-mixed")
+    if module.ae_steps == 0:
+        causes.append("the data: not one step was finite, so look for broken images (rerun step3 and read "
+                      "problems.csv) before the learning rate")
+    causes.append(f"a learning rate too high (lower --learning_rate, now {float(stage['learning_rate']):g}, or set "
+                  f"--gradient_clip_val)")
+    if module.ae_steps > 0:
+        causes.append("the data: a batch with NaN/Inf pixels (rerun step3 and read problems.csv)")
+    return "; ".join(causes)
 
 
 def stage_loggers(folder: S.StageFolder) -> list:

@@ -11,7 +11,9 @@ Rerunning the same command resumes from the checkpoint with the highest step num
 and the architecture (including LoRA adapters) is the checkpoint's, whatever the command line says.
 
 Every random draw of a step (batch order, posterior samples, t, noise, label dropout) comes from generators
-seeded by (seed, step, rank), so a resumed run repeats exactly what an uninterrupted one would have done.
+seeded by the seed and the step, so a resumed run repeats exactly what an uninterrupted one would have done; the
+posterior samples, noise and times by each sample's place in the step's global batch too, so two processes with
+batch B draw what one process with batch 2B draws (label dropout, drawn inside the model, differs per rank).
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ from microdoppler_finetune.utils.tensors import unwrap_model
 STOP_FINISHED = "finished"
 STOP_TIME_BUDGET = "time_budget"
 STOP_NONFINITE = "nonfinite"
+NONFINITE_STOP_FILE = "nonfinite_stop.pt"  # not a {step:07d}.pt: never resumed from
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -120,6 +123,10 @@ class BatchPlan:
         span = self.batch_size * self.world_size
         chunk = self._order[position * span:(position + 1) * span]
         return chunk[self.rank::self.world_size]
+
+    def places(self, step: int) -> list:
+        """The places of this rank's rows (``rows(step)``) in the step's global batch."""
+        return list(range(self.rank, self.batch_size * self.world_size, self.world_size))
 
 
 class DiTTrainer:
@@ -267,13 +274,16 @@ class DiTTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(step_seed(t.seed, self.step, self.dist.rank, stream=1))  # dropout, label dropout
-        generator = torch.Generator().manual_seed(step_seed(t.seed, self.step, self.dist.rank, stream=2))
         rows = self.plan.rows(self.step)
-        x1, person, condition = self.data.train.batch(rows, resample=bool(t.resample_latents), generator=generator)
+        # Posterior sample, noise and time of each sample come from its own generator, seeded by its place in the
+        # step's global batch: the same numbers for any number of processes (and on resume).
+        places = self.plan.places(self.step)
+        noise_gens = [torch.Generator().manual_seed(step_seed(t.seed, self.step, p, stream=2)) for p in places]
+        time_gens = [torch.Generator().manual_seed(step_seed(t.seed, self.step, p, stream=3)) for p in places]
+        x1, person, condition = self.data.train.batch(rows, resample=bool(t.resample_latents), generators=noise_gens)
         x1, person, condition = x1.to(self.device), person.to(self.device), condition.to(self.device)
-        x0 = torch.randn(x1.shape, generator=generator).to(self.device)
-        time_gen = torch.Generator().manual_seed(step_seed(t.seed, self.step, self.dist.rank, stream=3))
-        times = sample_timesteps(x1.shape[0], "cpu", generator=time_gen).to(self.device)
+        x0 = torch.stack([torch.randn(x1.shape[1:], generator=g) for g in noise_gens]).to(self.device)
+        times = torch.cat([sample_timesteps(1, "cpu", generator=g) for g in time_gens]).to(self.device)
         use_cond = self.use_conditions
         with self._autocast():
             terms = velocity_loss_terms(
@@ -288,7 +298,7 @@ class DiTTrainer:
         finite = bool(torch.isfinite(loss))
         if any_rank_true(self.dist, not finite):
             self.optimizer.zero_grad(set_to_none=True)
-            return {"skipped": True, "loss": float(loss.detach())}
+            return {"skipped": True, "loss": float(loss.detach()), "cause": self._nonfinite_cause(x1)}
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = float(t.grad_clip) if t.grad_clip and float(t.grad_clip) > 0 else math.inf
@@ -297,7 +307,8 @@ class DiTTrainer:
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             self.optimizer.zero_grad(set_to_none=True)
-            return {"skipped": True, "loss": float(loss.detach()), "grad_norm": grad_norm}
+            return {"skipped": True, "loss": float(loss.detach()), "grad_norm": grad_norm,
+                    "cause": self._nonfinite_cause(x1)}
         self.scaler.step(self.optimizer)  # with fp16, skips the update itself when gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -309,6 +320,29 @@ class DiTTrainer:
                 "cosine_loss": float(terms["cosine"].detach().float().mean()),
                 "contrastive_loss": float(contrastive.detach()) if contrastive is not None else None,
                 "grad_norm": grad_norm, "lr": lr, "fp16_overflow": overflowed}
+
+    def _nonfinite_cause(self, x1: torch.Tensor) -> str:
+        """Why a step was not finite, as far as one can tell: the batch (data), the weights (a learning rate too
+        high made them diverge), or the loss of finite inputs (fp16 overflow, or again the learning rate)."""
+        if not bool(torch.isfinite(x1).all()):
+            return "data"
+        if any(not bool(torch.isfinite(p).all()) for p in self.params):
+            return "weights"
+        return "fp16" if self.precision == "fp16" else "loss"
+
+    def nonfinite_advice(self, causes: list) -> str:
+        lr = float(self.train_cfg.learning_rate)
+        advice = {
+            "data": "the training latents of these batches hold NaN/Inf values (data): rebuild the latent cache "
+                    "(step5_validate_export.py --cache) and check the images and the exported encoder",
+            "weights": f"the weights became non-finite: the learning rate is too high (lower --lr, now {lr:g}, or "
+                       f"add --set dit.train.warmup_steps=N)",
+            "fp16": "fp16 overflow: train with --precision bf16 (or fp32), or lower the learning rate",
+            "loss": f"the loss overflowed with finite inputs and weights: lower the learning rate (--lr, now "
+                    f"{lr:g}) or train in fp32",
+        }
+        seen = [c for c in ("data", "weights", "fp16", "loss") if c in causes]
+        return "Likely cause: " + "; ".join(advice[c] for c in seen or ["loss"]) + "."
 
     @property
     def use_conditions(self) -> bool:
@@ -387,6 +421,7 @@ class DiTTrainer:
         losses, flows, contrastives, norms = [], [], [], []
         mses, cosines = [], []
         nonfinite_in_a_row = 0
+        causes: list = []
         stop_reason = STOP_FINISHED
         step_seconds = None
         s = self.trainable_summary
@@ -417,14 +452,17 @@ class DiTTrainer:
                 if result["skipped"]:
                     nonfinite_in_a_row += 1
                     self.skipped_total += 1
-                    self.say(f"step {self.step}: non-finite loss/gradient ({result.get('loss')}), step skipped "
-                             f"({nonfinite_in_a_row} in a row)")
+                    causes.append(result.get("cause", "loss"))
+                    self.say(f"step {self.step}: non-finite loss/gradient ({result.get('loss')}, cause: "
+                             f"{causes[-1]}), step skipped ({nonfinite_in_a_row} in a row, "
+                             f"{self.skipped_total} in total)")
                     if nonfinite_in_a_row >= int(t.max_nonfinite_in_a_row):
                         stop_reason = STOP_NONFINITE
                         break
                     self.step += 1
                     continue
                 nonfinite_in_a_row = 0
+                causes = []
                 self.step += 1
                 steps_since_log += 1
                 losses.append(result["loss"])
@@ -462,6 +500,8 @@ class DiTTrainer:
             if stop_reason != STOP_NONFINITE:
                 self.save()
                 self.export_pretrained()
+            else:
+                self.save_nonfinite_stop()
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -470,18 +510,31 @@ class DiTTrainer:
         message = {STOP_FINISHED: f"finished {self.step} steps",
                    STOP_TIME_BUDGET: f"time budget reached at step {self.step}: rerun the same command to continue",
                    STOP_NONFINITE: f"stopped at step {self.step}: {t.max_nonfinite_in_a_row} non-finite steps in a "
-                                   f"row. Lower the learning rate, use fp32 (--precision fp32) or check the latents."}
+                                   f"row. {self.nonfinite_advice(causes)} State at the stop: "
+                                   f"{self.ckpt_dir / NONFINITE_STOP_FILE}; last good checkpoint: "
+                                   f"{C.latest_checkpoint(self.ckpt_dir)} (a rerun resumes from it)."}
         self.say(message[stop_reason])
         if self.tap is not None:
             self.tap.remove()
         result = {"status": stop_reason, "step": self.step, "best_val_loss": self.best_val_loss,
                   "run_dir": str(self.run_dir), "latest_checkpoint": str(C.latest_checkpoint(self.ckpt_dir)),
                   "pretrained": str(self.run_dir / PRETRAINED_DIRNAME) if stop_reason != STOP_NONFINITE else None,
-                  "precision": self.precision, "trainable_params": self.trainable_summary["trainable_params"],
+                  "precision": self.precision, "skipped_steps": self.skipped_total,
+                  "trainable_params": self.trainable_summary["trainable_params"],
                   "total_params": self.trainable_summary["total_params"]}
         if stop_reason == STOP_NONFINITE:
             raise FloatingPointError(message[stop_reason])
         return result
+
+    def save_nonfinite_stop(self) -> Optional[Path]:
+        """The state where repeated non-finite steps stopped training, for a look at it; under a name that
+        resuming never picks (the numbered checkpoints keep the last good state)."""
+        path = None
+        if self.dist.is_main:
+            path = C.save_checkpoint(self.state_dict(), self.ckpt_dir / NONFINITE_STOP_FILE)
+            self.log.flush()
+        barrier(self.dist)
+        return path
 
     def run_validation(self, started: float) -> None:
         if self.dist.is_main:
