@@ -61,10 +61,15 @@ class LatentSplit:
     def __len__(self) -> int:
         return int(self.mean.shape[0])
 
-    def batch(self, rows: torch.Tensor, *, resample: bool, generator: Optional[torch.Generator] = None):
-        """Latents [B, C, h, w] (fresh posterior samples when ``resample``), person [B], condition [B]."""
+    def batch(self, rows: torch.Tensor, *, resample: bool, generator: Optional[torch.Generator] = None,
+              generators: Optional[List[torch.Generator]] = None):
+        """Latents [B, C, h, w] (fresh posterior samples when ``resample``), person [B], condition [B].
+        ``generators``: one per row (its sample then does not depend on the other rows of the batch)."""
         if resample:
-            eps = torch.randn(self.std[rows].shape, generator=generator)
+            if generators is not None:
+                eps = torch.stack([torch.randn(self.std.shape[1:], generator=g) for g in generators])
+            else:
+                eps = torch.randn(self.std[rows].shape, generator=generator)
             latents = self.mean[rows] + self.std[rows] * eps
         else:
             latents = self.fixed[rows]
