@@ -23,11 +23,13 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 TMP_MARK = ".tmp-"
 
 
-def child_env(**extra: str) -> dict:
+def child_env(all_processes: bool = False, **extra: str) -> dict:
     """The environment of a child run: one thread (as the in-process references), the fault hooks importable,
-    no progress bars; ``extra`` adds MDF_FAULT_* settings."""
+    no progress bars; ``extra`` adds MDF_FAULT_* settings. ``all_processes``: the hooks are installed in every
+    Python process started with this environment (faults/site/sitecustomize.py), e.g. each DDP rank."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR)] + [p for p in [env.get("PYTHONPATH")] if p])
+    paths = [str(TESTS_DIR)] + ([str(TESTS_DIR / "faults" / "site")] if all_processes else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MDF_PROGRESS": "0", "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -45,15 +47,35 @@ class Run:
     killed: bool
     seconds: float
 
-    def markers(self, event: str) -> list:
-        return [line.split(" ", 2)[2] for line in self.output.splitlines()
-                if line.startswith(f"MDF_FAULT {event} ")]
+    def markers(self, event: str, rank: Optional[str] = None) -> list:
+        """Paths of the hook's ``event`` lines (of one rank's process when ``rank`` is given)."""
+        found = []
+        for line in self.output.splitlines():
+            if line.startswith(f"MDF_FAULT {event} "):
+                path, _, where = line.split(" ", 2)[2].partition("\t")
+                if rank is None or f"rank={rank} " in where + " ":
+                    found.append(path)
+        return found
+
+    def ranks_writing(self, under: str) -> set:
+        """The ranks of the processes that opened a file under ``under`` for writing."""
+        return {line.split("\trank=")[1].split()[0] for line in self.output.splitlines()
+                if line.startswith(f"MDF_FAULT open {under}") and "\trank=" in line}
+
+    def pid_of_rank(self, rank: str) -> Optional[int]:
+        for line in self.output.splitlines():
+            if line.startswith("MDF_FAULT process ") and f"\trank={rank} " in line:
+                return int(line.rsplit("pid=", 1)[1])
+        return None
 
 
 def run(cmd: Sequence[str], *, env: dict, cwd: Optional[Path] = None, timeout: float = 240,
-        kill_on: Optional[str] = None, kill_delay: float = 0.0, occurrence: int = 1) -> Run:
+        kill_on: Optional[str] = None, kill_delay: float = 0.0, occurrence: int = 1,
+        kill_rank: Optional[str] = None) -> Run:
     """Run ``cmd``; with ``kill_on`` (a regex), SIGKILL its whole process group ``kill_delay`` seconds after the
-    ``occurrence``-th output line that matches (stdout and stderr together). Fails the test on ``timeout``."""
+    ``occurrence``-th output line that matches (stdout and stderr together), or with ``kill_rank`` only the process
+    of that DDP rank (the hooks name it: child_env(all_processes=True, MDF_FAULT_WATCH=...)). Fails the test on
+    ``timeout``."""
     started = time.time()
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                             start_new_session=True, text=True, errors="replace")
@@ -63,9 +85,14 @@ def run(cmd: Sequence[str], *, env: dict, cwd: Optional[Path] = None, timeout: f
 
     def kill():
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the command and any worker it started
+            if kill_rank is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # the command and any worker it started
+            else:
+                pids = [int(line.rsplit("pid=", 1)[1]) for line in list(lines)
+                        if line.startswith("MDF_FAULT process ") and f"\trank={kill_rank} " in line]
+                os.kill(pids[-1], signal.SIGKILL)
             killed.set()
-        except ProcessLookupError:
+        except (ProcessLookupError, IndexError):
             pass
 
     def reader():
