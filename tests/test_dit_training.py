@@ -4,6 +4,7 @@ Everything runs on the CPU with the "tiny" DiT preset on 4x8x8 latents (3 person
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from microdoppler_finetune.config import load_config
+from microdoppler_finetune.data.manifest import LABELS_FILE, MANIFEST_COLUMNS
 from microdoppler_finetune.dit import checkpointing as C
 from microdoppler_finetune.dit.contrastive import PooledFeatureTap, supervised_contrastive_loss
 from microdoppler_finetune.dit.finetune import (
@@ -65,7 +67,10 @@ def make_tiny_setup(root: Path, *, per_pair: int = 8, channels: int = 4, side: i
         row += n
     manifest = root / "dataset" / "manifest.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text("path,person_id,condition_id,split\n")
+    # An empty split with its labels, as step3 writes them: the DiT reads the withheld pairs from it.
+    manifest.write_text(",".join(MANIFEST_COLUMNS) + "\n")
+    (manifest.parent / LABELS_FILE).write_text(json.dumps({"person_names": PERSON_NAMES,
+                                                           "condition_names": CONDITION_NAMES}))
     stats_mean = splits["train"].latents.mean(dim=(0, 2, 3)).tolist()
     stats_std = splits["train"].latents.std(dim=(0, 2, 3)).tolist()
     export = export_encoder_for_dit(vae, root / "export" / "vavae_encoder_for_dit", latents_mean=stats_mean,

@@ -165,7 +165,9 @@ def test_vae_stage_killed_at_a_random_moment_and_inside_a_checkpoint_write_resum
     assert f"resuming from {last}" in second.output
     assert half_written(work) == []
     written_before = ckpt_step(last)
-    assert written_before == saved + 2  # the one complete write of this run; the interrupted one did not replace it
+    # The one complete write of this run (every 2 steps, or at an epoch's end, whichever comes first); the
+    # interrupted one did not replace it.
+    assert saved < written_before <= saved + 2
 
     # 3. The same command again finishes the stage, continuing from that checkpoint.
     done = run(vae_command(work, dataset), env=child_env(**env), timeout=300)

@@ -55,6 +55,7 @@ from microdoppler_finetune.dit.model_setup import (
     model_forward,
     num_blocks_of,
 )
+from microdoppler_finetune.dit.nonfinite import nonfinite_advice, nonfinite_cause
 from microdoppler_finetune.dit.objective import (
     deterministic_val_loss,
     make_transport,
@@ -298,7 +299,8 @@ class DiTTrainer:
         finite = bool(torch.isfinite(loss))
         if any_rank_true(self.dist, not finite):
             self.optimizer.zero_grad(set_to_none=True)
-            return {"skipped": True, "loss": float(loss.detach()), "cause": self._nonfinite_cause(x1)}
+            cause = nonfinite_cause(x1, self.params, self.precision)
+            return {"skipped": True, "loss": float(loss.detach()), "cause": cause}
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = float(t.grad_clip) if t.grad_clip and float(t.grad_clip) > 0 else math.inf
@@ -308,7 +310,7 @@ class DiTTrainer:
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             self.optimizer.zero_grad(set_to_none=True)
             return {"skipped": True, "loss": float(loss.detach()), "grad_norm": grad_norm,
-                    "cause": self._nonfinite_cause(x1)}
+                    "cause": nonfinite_cause(x1, self.params, self.precision)}
         self.scaler.step(self.optimizer)  # with fp16, skips the update itself when gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -320,29 +322,6 @@ class DiTTrainer:
                 "cosine_loss": float(terms["cosine"].detach().float().mean()),
                 "contrastive_loss": float(contrastive.detach()) if contrastive is not None else None,
                 "grad_norm": grad_norm, "lr": lr, "fp16_overflow": overflowed}
-
-    def _nonfinite_cause(self, x1: torch.Tensor) -> str:
-        """Why a step was not finite, as far as one can tell: the batch (data), the weights (a learning rate too
-        high made them diverge), or the loss of finite inputs (fp16 overflow, or again the learning rate)."""
-        if not bool(torch.isfinite(x1).all()):
-            return "data"
-        if any(not bool(torch.isfinite(p).all()) for p in self.params):
-            return "weights"
-        return "fp16" if self.precision == "fp16" else "loss"
-
-    def nonfinite_advice(self, causes: list) -> str:
-        lr = float(self.train_cfg.learning_rate)
-        advice = {
-            "data": "the training latents of these batches hold NaN/Inf values (data): rebuild the latent cache "
-                    "(step5_validate_export.py --cache) and check the images and the exported encoder",
-            "weights": f"the weights became non-finite: the learning rate is too high (lower --lr, now {lr:g}, or "
-                       f"add --set dit.train.warmup_steps=N)",
-            "fp16": "fp16 overflow: train with --precision bf16 (or fp32), or lower the learning rate",
-            "loss": f"the loss overflowed with finite inputs and weights: lower the learning rate (--lr, now "
-                    f"{lr:g}) or train in fp32",
-        }
-        seen = [c for c in ("data", "weights", "fp16", "loss") if c in causes]
-        return "Likely cause: " + "; ".join(advice[c] for c in seen or ["loss"]) + "."
 
     @property
     def use_conditions(self) -> bool:
@@ -510,7 +489,7 @@ class DiTTrainer:
         message = {STOP_FINISHED: f"finished {self.step} steps",
                    STOP_TIME_BUDGET: f"time budget reached at step {self.step}: rerun the same command to continue",
                    STOP_NONFINITE: f"stopped at step {self.step}: {t.max_nonfinite_in_a_row} non-finite steps in a "
-                                   f"row. {self.nonfinite_advice(causes)} State at the stop: "
+                                   f"row. {nonfinite_advice(causes, self.train_cfg.learning_rate)} State at the stop: "
                                    f"{self.ckpt_dir / NONFINITE_STOP_FILE}; last good checkpoint: "
                                    f"{C.latest_checkpoint(self.ckpt_dir)} (a rerun resumes from it)."}
         self.say(message[stop_reason])
