@@ -14,13 +14,13 @@ Nothing here knows the model class: training takes ``model_fn(x_t, t, **kwargs) 
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
-SAMPLING_METHODS = ("euler", "heun")
 
 
 def expand_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +180,91 @@ def _velocity(velocity_fn: Callable, x: torch.Tensor, t_value: float, cfg_scale:
     return apply_cfg(v_cond, v_uncond, t, cfg_scale, cfg_interval_start)
 
 
+# Evaluations of the (guided) velocity per integration step. "dpm++2m" and "unipc" are multistep: one evaluation
+# per step, earlier evaluations reused.
+EVALUATIONS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2, "ab2": 1, "ab3": 1, "dpm++2m": 1, "unipc": 1}
+SAMPLING_METHODS = tuple(EVALUATIONS_PER_STEP)
+METHOD_ALIASES = {"dpmpp_2m": "dpm++2m", "dpm_solver++": "dpm++2m", "dpmpp2m": "dpm++2m", "dpm2m": "dpm++2m",
+                  "unipc_bh2": "unipc", "rk2": "midpoint", "adams2": "ab2", "adams3": "ab3"}
+
+
+def canonical_method(method: str) -> str:
+    """The sampler's name in SAMPLING_METHODS (case-insensitive; a few common spellings accepted)."""
+    name = str(method).strip().lower()
+    name = METHOD_ALIASES.get(name, name)
+    if name not in SAMPLING_METHODS:
+        raise ValueError(f"method must be one of {SAMPLING_METHODS}, got '{method}'")
+    return name
+
+
+def model_evaluations(method: str, num_steps: int) -> int:
+    """Velocity evaluations (model calls; a guided one runs the conditional and unconditional rows together) of
+    ``num_steps`` integration steps."""
+    return EVALUATIONS_PER_STEP[canonical_method(method)] * int(num_steps)
+
+
+def steps_for_evaluations(method: str, evaluations: int) -> int:
+    """Integration steps that spend at most ``evaluations`` model evaluations (at least one step)."""
+    return max(1, int(evaluations) // EVALUATIONS_PER_STEP[canonical_method(method)])
+
+
+def _adams_weights(nodes: Sequence[float], t_from: float, t_to: float) -> list[float]:
+    """∫_{t_from}^{t_to} L_j(τ) dτ for the Lagrange basis polynomials L_j through ``nodes`` (variable-step
+    Adams–Bashforth: x_to = x_from + Σ_j w_j·v(t_j))."""
+    weights = []
+    for j, node in enumerate(nodes):
+        others = [o for k, o in enumerate(nodes) if k != j]
+        coefficients = [1.0]  # ascending powers of τ: Π (τ − o) / (node − o)
+        for other in others:
+            shifted = [0.0] + coefficients
+            for k, c in enumerate(coefficients):
+                shifted[k] -= other * c
+            coefficients = [c / (node - other) for c in shifted]
+        weights.append(sum(c * (t_to ** (k + 1) - t_from ** (k + 1)) / (k + 1) for k, c in enumerate(coefficients)))
+    return weights
+
+
+def _data_prediction(x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+    """x1 estimated from a point of the path and its velocity: x_t = x1 - (1 - t)·v on the linear path."""
+    return x + (1.0 - t) * v
+
+
+def _exp_neg_h(t_from: float, t_to: float) -> float:
+    """exp(-(λ(t_to) − λ(t_from))) with the log-SNR λ(t) = log(t / (1 − t)) of the linear path (α = t, σ = 1 − t);
+    exactly 0 when t_from = 0 (λ = −∞) or t_to = 1 (λ = +∞)."""
+    if t_from <= 0.0 or t_to >= 1.0:
+        return 0.0
+    return (t_from * (1.0 - t_to)) / (t_to * (1.0 - t_from))
+
+
+def _log_snr(t: float) -> float:
+    return math.log(t) - math.log1p(-t)
+
+
+def _interior(t: float) -> bool:
+    return 0.0 < t < 1.0
+
+
+def _first_order_update(x: torch.Tensor, d: torch.Tensor, t_from: float, t_to: float) -> torch.Tensor:
+    """DDIM / DPM-Solver++(1) in data prediction: x_to = (σ_to/σ_from)·x + α_to·(1 − e^{−h})·d; on the linear path
+    this is the Euler step with velocity (d − x)/(1 − t_from)."""
+    return ((1.0 - t_to) / (1.0 - t_from)) * x + (t_to * (1.0 - _exp_neg_h(t_from, t_to))) * d
+
+
+def _unipc_b(h: float, order: int) -> list[float]:
+    """The b vector of UniPC's B(h) = e^{-h} − 1 variant ("bh2") for data prediction (Zhao et al. 2023, eq. 8)."""
+    hh = -h
+    b_h = math.expm1(hh)
+    h_phi_k = b_h / hh - 1.0
+    factorial = 1
+    out = []
+    for i in range(1, order + 1):
+        out.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    return out
+
+
 @torch.no_grad()
 def sample_ode(velocity_fn: Callable, noise: torch.Tensor, *, num_steps: Optional[int] = None,
                num_sampling_steps: Optional[int] = None, method: str = "euler", timestep_shift: float = 1.0,
@@ -192,13 +277,25 @@ def sample_ode(velocity_fn: Callable, noise: torch.Tensor, *, num_steps: Optiona
     velocity_fn(x, t) -> v, with t a B tensor; when cfg_scale > 1 it is also called as
     velocity_fn(x, t, with_uncond=True) -> (v_cond, v_uncond) inside the guidance interval (t >=
     cfg_interval_start). As in the release, cfg_scale <= 1 means no guidance and timestep_shift <= 0 no shift.
-    Euler: one evaluation per step; Heun: two (predictor, then trapezoidal corrector).
+    Every method walks the same grid (uniform, then shifted):
+
+    * ``euler``: one evaluation per step (the release's sampler; its numbers are reproduced exactly).
+    * ``heun``: two (predictor, then trapezoidal corrector); ``midpoint``: two (explicit RK2 midpoint).
+    * ``ab2`` / ``ab3``: Adams–Bashforth of order 2 / 3 in t on the velocity (variable steps: the previous
+      evaluations' velocities extrapolated by their Lagrange polynomial); one evaluation per step, the first
+      steps of lower order.
+    * ``dpm++2m``: DPM-Solver++(2M) (Lu et al. 2022) on the linear path: the data prediction x1 = x + (1 − t)·v,
+      the log-SNR λ = log(t/(1 − t)) (α = t, σ = 1 − t), second order from the previous evaluation; one
+      evaluation per step. Steps whose history is at t = 0 (λ = −∞) and the final step to t = 1 (λ = +∞) are
+      first order (the first-order step is exactly the Euler step).
+    * ``unipc``: UniPC (Zhao et al. 2023; B(h) = e^{−h} − 1, order 2): the DPM-Solver++(2M) predictor plus a
+      corrector that reuses each new evaluation to refine the point it was taken at, so third-order accuracy at
+      one evaluation per step; final step first order, as above.
+
     Deterministic for a given noise (make_noise(seed=...)) and a deterministic velocity_fn (a model in eval mode:
     no label dropout). Returns the final x, or all num_steps + 1 states when return_trajectory.
     """
-    method = method.lower()
-    if method not in SAMPLING_METHODS:
-        raise ValueError(f"method must be one of {SAMPLING_METHODS}, got '{method}'")
+    method = canonical_method(method)
     if num_steps is not None and num_sampling_steps is not None:
         raise ValueError("Pass num_sampling_steps (grid points, the release's count) or num_steps (integration "
                          "steps = grid points - 1), not both.")
@@ -210,24 +307,90 @@ def sample_ode(velocity_fn: Callable, noise: torch.Tensor, *, num_steps: Optiona
         from microdoppler_finetune.utils.progress import progress as progress_bar
 
         steps = progress_bar(steps, desc=f"{method} sampling", unit="step", leave=False)
+
+    def velocity(x_now: torch.Tensor, t_value: float) -> torch.Tensor:
+        return _velocity(velocity_fn, x_now, t_value, cfg_scale, cfg_interval_start)  # B x C x H x W
+
     x = noise
     trajectory = [x] if return_trajectory else None
+    history: list[tuple[float, torch.Tensor]] = []  # multistep: (t, velocity or data prediction), newest last
+    previous_x: Optional[torch.Tensor] = None  # unipc: the (corrected) point the last predictor started from
+    previous_order = 0
     for i in steps:
         t_now, t_next = grid[i], grid[i + 1]
         dt = t_next - t_now
-        v_now = _velocity(velocity_fn, x, t_now, cfg_scale, cfg_interval_start)  # B x C x H x W
+        v_now = velocity(x, t_now)
         if method == "euler":
             x = x + dt * v_now
-        else:
+        elif method == "heun":
             x_pred = x + dt * v_now
-            v_next = _velocity(velocity_fn, x_pred, t_next, cfg_scale, cfg_interval_start)
+            v_next = velocity(x_pred, t_next)
             x = x + 0.5 * dt * (v_now + v_next)
+        elif method == "midpoint":
+            v_mid = velocity(x + 0.5 * dt * v_now, t_now + 0.5 * dt)
+            x = x + dt * v_mid
+        elif method in ("ab2", "ab3"):
+            history = (history + [(t_now, v_now)])[-int(method[-1]):]
+            weights = _adams_weights([t for t, _ in history], t_now, t_next)
+            x = x + sum(w * v for w, (_, v) in zip(weights, history))
+        else:
+            d_now = _data_prediction(x, v_now, t_now)
+            if method == "unipc" and previous_x is not None:
+                x = _unipc_correct(previous_x, x, d_now, t_now, history, previous_order)
+            history = (history + [(t_now, d_now)])[-3:]
+            final = i == num_steps - 1
+            order = 1 if final else _multistep_order(history)
+            previous_x, previous_order = x, order
+            x = _multistep_predict(x, t_now, t_next, history, order)
         if trajectory is not None:
             trajectory.append(x)
     return trajectory if trajectory is not None else x
 
 
+def _multistep_order(history: list[tuple[float, torch.Tensor]]) -> int:
+    """2 when the two newest evaluations lie strictly inside (0, 1) (finite log-SNR), else 1."""
+    return 2 if len(history) >= 2 and _interior(history[-1][0]) and _interior(history[-2][0]) else 1
+
+
+def _multistep_predict(x: torch.Tensor, t_now: float, t_next: float, history: list, order: int) -> torch.Tensor:
+    """DPM-Solver++(2M) step from t_now (whose data prediction is history[-1]) to t_next (= UniPC's predictor)."""
+    d_now = history[-1][1]
+    if order == 1:
+        return _first_order_update(x, d_now, t_now, t_next)
+    t_prev, d_prev = history[-2]
+    h = _log_snr(t_next) - _log_snr(t_now)
+    r = (_log_snr(t_now) - _log_snr(t_prev)) / h
+    d = d_now + (0.5 / r) * (d_now - d_prev)
+    return _first_order_update(x, d, t_now, t_next)
+
+
+def _unipc_correct(x_from: torch.Tensor, x_pred: torch.Tensor, d_new: torch.Tensor, t_new: float,
+                   history: list, order: int) -> torch.Tensor:
+    """UniC: refine the predicted point x_pred at t_new with its own evaluation d_new (no extra evaluation).
+
+    ``x_from`` is the point at history[-1]'s time the predictor started from; ``order`` the predictor's order.
+    """
+    t_from, d_from = history[-1]
+    if not _interior(t_from):  # from t = 0 the step is infinite in log-SNR: the order-1 corrector, in closed form
+        base = _first_order_update(x_from, d_from, t_from, t_new)
+        return base + (0.5 * t_new) * (d_new - d_from)  # −α·B(h)·½·(d_new − d_from) with B(h) = −1
+    h = _log_snr(t_new) - _log_snr(t_from)
+    alpha_b = t_new * math.expm1(-h)
+    base = _first_order_update(x_from, d_from, t_from, t_new)
+    if order == 1 or len(history) < 2 or not _interior(history[-2][0]):
+        return base - alpha_b * 0.5 * (d_new - d_from)
+    t_prev, d_prev = history[-2]
+    r1 = (_log_snr(t_prev) - _log_snr(t_from)) / h
+    b1, b2 = _unipc_b(h, 2)
+    # rhos solve [[1, 1], [r1, 1]] · rho = [b1, b2]
+    rho_prev = (b1 - b2) / (1.0 - r1)
+    rho_new = b1 - rho_prev
+    d1_prev = (d_prev - d_from) / r1
+    return base - alpha_b * (rho_prev * d1_prev + rho_new * (d_new - d_from))
+
+
 __all__ = [
     "Transport", "interpolate", "velocity_target", "make_noise", "shift_timesteps", "sampling_grid",
     "apply_cfg", "sample_ode", "steps_of_grid", "uses_shift", "uses_guidance", "TIME_SAMPLINGS", "SAMPLING_METHODS",
+    "EVALUATIONS_PER_STEP", "canonical_method", "model_evaluations", "steps_for_evaluations",
 ]

@@ -29,10 +29,11 @@ from microdoppler_finetune.dit.model_setup import load_trained_dit, null_conditi
 from microdoppler_finetune.utils.images import to_uint8_hwc
 from microdoppler_finetune.utils.progress import progress
 from microdoppler_finetune.utils.tensors import pick_device
+from models.transport import SAMPLING_METHODS, canonical_method, model_evaluations
 
 GRID_FILE = "__grid_by_person.jpg"
 INFO_FILE = "generation_info.json"
-SAMPLERS = ("euler", "heun")
+SAMPLERS = SAMPLING_METHODS  # euler (the release's), heun, midpoint, dpm++2m, unipc: models.transport.sample_ode
 
 
 SETTING_KEYS = ("num_sampling_steps", "sampler", "cfg_scale", "cfg_interval_start", "shift", "seed", "batch_size")
@@ -63,16 +64,24 @@ class SamplerSettings:
                           f"num_sampling_steps={int(steps) + 1} (grid points, the release's meaning).",
                           FutureWarning, stacklevel=3)
             self.num_sampling_steps = int(steps) + 1
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"Unknown sampler '{self.sampler}': choose {' or '.join(SAMPLERS)}.")
+        try:
+            self.sampler = canonical_method(self.sampler)
+        except ValueError:
+            raise ValueError(f"Unknown sampler '{self.sampler}': choose {', '.join(SAMPLERS)}.") from None
         if int(self.num_sampling_steps) < 2:
             raise ValueError(f"num_sampling_steps counts grid points (250 = 249 Euler steps, as in the release) and "
                              f"must be >= 2, got {self.num_sampling_steps}.")
 
     @property
     def ode_steps(self) -> int:
-        """Integration (Euler or Heun) steps: num_sampling_steps - 1."""
+        """Integration steps of the sampler: num_sampling_steps - 1."""
         return int(self.num_sampling_steps) - 1
+
+    @property
+    def model_evaluations(self) -> int:
+        """Velocity evaluations per image (a guided one runs the conditional and unconditional rows together):
+        one per step for euler, dpm++2m and unipc, two for heun and midpoint."""
+        return model_evaluations(self.sampler, self.ode_steps)
 
     def describe(self) -> dict:
         """Plain dict for generation_info.json (with the number of integration steps spelled out)."""
