@@ -417,8 +417,8 @@ def metric_rows(stage_dir: Path) -> list[list[dict]]:
 
 
 def test_two_stages_resume_and_start_from_the_previous_stage(tiny_dataset, tmp_path):
-    from models.vavae import load_vavae
     from microdoppler_finetune.utils.tensors import state_dict_fingerprint as state_fingerprint
+    from models.vavae import load_vavae
     from vae_training.train import train_vavae
 
     work = tmp_path / "work"

@@ -217,6 +217,145 @@ def vf_loss(projected: torch.Tensor, features: torch.Tensor, *, distmat_margin: 
 # ------------------------------------------------------------------------------------------- combination
 
 
+@dataclass
+class GeneratorStep:
+    """What one training step needs from the generator objective (:func:`generator_loss_for_step`).
+
+    ``total`` is the objective's value (logged, checked for finiteness); ``backward`` is the tensor to call
+    backward on: its gradient with respect to every autoencoder parameter equals the gradient of ``total``, but
+    its backward pass does not run LPIPS and the discriminator a second time (their image-space gradients were
+    already taken for the adaptive weights and are reused). Without adaptive weights ``backward`` is ``total``.
+    """
+
+    total: torch.Tensor
+    backward: torch.Tensor
+    logs: dict[str, torch.Tensor]
+
+
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32; fp32 and fp64 unchanged."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def _image_gradient(loss: torch.Tensor, image: torch.Tensor, grad_scale: float) -> torch.Tensor:
+    """∂loss/∂image (at least fp32, unscaled), the graph kept. ``grad_scale`` keeps an fp16 backward in range."""
+    grad = torch.autograd.grad(loss * grad_scale, image, retain_graph=True, allow_unused=True)[0]
+    if grad is None:
+        return _at_least_fp32(torch.zeros_like(image))
+    return _at_least_fp32(grad) / grad_scale
+
+
+def _norm_at(image: torch.Tensor, image_grad: torch.Tensor, param: torch.nn.Parameter,
+             grad_scale: float) -> torch.Tensor:
+    """‖∂L/∂param‖ given ∂L/∂image: a backward from the image to ``param`` only (the last layers of the path)."""
+    grad = torch.autograd.grad(image, param, grad_outputs=(image_grad * grad_scale).to(image.dtype),
+                               retain_graph=True, allow_unused=True)[0]
+    if grad is None:
+        return torch.zeros((), device=param.device)
+    return torch.linalg.vector_norm(grad.float())
+
+
+def _clamped_ratio(norm_a: torch.Tensor, norm_b: torch.Tensor, max_value: float, grad_scale: float) -> torch.Tensor:
+    """adaptive_weight's formula on norms of scaled gradients: clamp(‖a‖/(‖b‖ + eps), 0, max), detached."""
+    return torch.clamp(norm_a / (norm_b + ADAPTIVE_EPS * grad_scale), 0.0, max_value).detach()
+
+
+def generator_loss_for_step(
+    inputs: torch.Tensor,
+    reconstructions: torch.Tensor,
+    posterior,
+    *,
+    config: GeneratorLossConfig,
+    disc_active: bool,
+    projected: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    discriminator: torch.nn.Module | None = None,
+    decoder_last_layer: torch.nn.Parameter | None = None,
+    encoder_last_layer: torch.nn.Parameter | None = None,
+    grad_scale: float = 1.0,
+) -> GeneratorStep:
+    """:func:`generator_loss` for a training step: the same value, weights and logs, plus a cheaper tensor for
+    the backward pass (see :class:`GeneratorStep`).
+
+    The adaptive weights need ‖∂L_nll/∂w‖, ‖∂L_G/∂w‖ (w: the decoder's last conv) and, with ``adaptive_vf``,
+    ‖∂L_nll/∂w_enc‖, ‖∂L_vf/∂w_enc‖. L_nll and L_G reach the autoencoder only through the reconstruction x̂, so
+    this takes G_nll = ∂L_nll/∂x̂ (one backward through LPIPS) and G_adv = ∂L_G/∂x̂ (one through the
+    discriminator) once, gets the norms at w (and w_enc) by backpropagating those from x̂, and returns
+    ``backward = Σ x̂·(G_nll + λ_adv·G_adv) + kl_weight·KL + λ_vf·L_vf`` (the image gradients detached): its
+    backward runs the decoder and encoder once and never LPIPS or the discriminator again. The official code
+    (and :func:`generator_loss`) backpropagates L_nll and L_G to w, then the total through everything, i.e.
+    LPIPS and the discriminator twice. Same gradients up to floating-point summation order.
+
+    Falls back to :func:`generator_loss` (``backward = total``) when there is nothing to reuse: no adaptive
+    weight this step, no graph (validation), or a frozen last layer.
+    """
+    adaptive_adv = disc_active
+    adaptive_vf = config.adaptive_vf and projected is not None
+    reusable = (torch.is_grad_enabled() and reconstructions.requires_grad and (adaptive_adv or adaptive_vf)
+                and (not adaptive_adv or (decoder_last_layer is not None and decoder_last_layer.requires_grad))
+                and (not adaptive_vf or (encoder_last_layer is not None and encoder_last_layer.requires_grad)))
+    if not reusable:
+        total, logs = generator_loss(
+            inputs, reconstructions, posterior, config=config, disc_active=disc_active, projected=projected,
+            features=features, perceptual=perceptual, discriminator=discriminator,
+            decoder_last_layer=decoder_last_layer, encoder_last_layer=encoder_last_layer, grad_scale=grad_scale)
+        return GeneratorStep(total, total, logs)
+    if config.perceptual_weight > 0 and perceptual is None:
+        raise ValueError("perceptual_weight > 0 but no perceptual network was given: pass the LPIPS module "
+                         "(models.perceptual.create_lpips) or set perceptual_weight to 0.")
+    if adaptive_adv and discriminator is None:
+        raise ValueError("disc_active=True needs the discriminator and decoder_last_layer (the decoder's "
+                         "conv_out weight, for the adaptive GAN weight).")
+    if (projected is None) != (features is None):
+        raise ValueError("Give both projected latents and foundation features for the VF loss, or neither.")
+
+    nll, logs = reconstruction_nll(inputs, reconstructions, perceptual, config.perceptual_weight)
+    kl = kl_loss(posterior)
+    logs["kl"] = kl.detach()
+    total = nll + config.kl_weight * kl
+    grad_nll = _image_gradient(nll, reconstructions, grad_scale)  # [B,3,H,W]: the one LPIPS backward
+    image_grad = grad_nll
+    rest = config.kl_weight * kl  # the terms that do not go through x̂
+
+    if adaptive_adv:
+        g_loss = hinge_g_loss(discriminator(reconstructions))  # D in the caller's mode (train: batch stats)
+        grad_adv = _image_gradient(g_loss, reconstructions, grad_scale)  # the one discriminator backward
+        weight = _clamped_ratio(_norm_at(reconstructions, grad_nll, decoder_last_layer, grad_scale),
+                                _norm_at(reconstructions, grad_adv, decoder_last_layer, grad_scale),
+                                ADV_WEIGHT_MAX, grad_scale)
+        lambda_adv = config.disc_factor * config.disc_weight * weight
+        total = total + lambda_adv * g_loss
+        image_grad = image_grad + lambda_adv * grad_adv
+        logs["g_loss"] = g_loss.detach()
+    else:
+        lambda_adv = torch.zeros((), device=inputs.device)
+        logs["g_loss"] = torch.zeros((), device=inputs.device)
+    logs["lambda_adv"] = lambda_adv.detach()
+
+    if projected is not None:
+        vf, vf_logs = vf_loss(projected, features, distmat_margin=config.distmat_margin,
+                              cos_margin=config.cos_margin, distmat_weight=config.distmat_weight,
+                              cos_weight=config.cos_weight)
+        if adaptive_vf:
+            norm_nll = _norm_at(reconstructions, grad_nll, encoder_last_layer, grad_scale)
+            grad_vf = torch.autograd.grad(vf * grad_scale, encoder_last_layer, retain_graph=True,
+                                          allow_unused=True)[0]
+            norm_vf = (torch.linalg.vector_norm(grad_vf.float()) if grad_vf is not None
+                       else torch.zeros((), device=inputs.device))
+            lambda_vf = config.vf_weight * _clamped_ratio(norm_nll, norm_vf, VF_WEIGHT_MAX, grad_scale)
+        else:
+            lambda_vf = torch.tensor(config.vf_weight, device=inputs.device)
+        total = total + lambda_vf * vf
+        rest = rest + lambda_vf * vf
+        logs.update(vf_logs)
+        logs["lambda_vf"] = lambda_vf.detach()
+
+    logs["total"] = total.detach()
+    backward = (_at_least_fp32(reconstructions) * image_grad.detach()).sum() + rest
+    return GeneratorStep(total, backward, logs)
+
+
 def generator_loss(
     inputs: torch.Tensor,
     reconstructions: torch.Tensor,

@@ -149,7 +149,7 @@ def feature_cache_for(cfg: DictConfig, target: AlignmentTarget):
                          f"bfloat16 or float32.")
     return FoundationFeatureCache.for_model(
         target.model, cache_dir=Path(cfg.run.work_dir) / "vae" / "feature_cache", in_memory=True,
-        storage_dtype=dtype, flip_flag_required=bool(cfg.data.flip))
+        storage_dtype=dtype, flip_flag_required=bool(cfg.data.flip), write=_rank_zero())  # DDP: rank 0 writes
 
 
 # ----------------------------------------------------------------------------------------------- one stage
