@@ -321,7 +321,7 @@ class FoundationFeatureCache:
 
     def __init__(self, model_name: str, input_size: Union[int, Sequence[int]], *, cache_dir: Optional[PathLike] = None,
                  in_memory: bool = True, storage_dtype: torch.dtype = torch.float32, shard_size: int = 256,
-                 flip_flag_required: bool = False):
+                 flip_flag_required: bool = False, write: bool = True):
         if cache_dir is None and not in_memory:
             raise ValueError("FoundationFeatureCache needs in_memory=True or a cache_dir (or both).")
         self.model_name = str(model_name)
@@ -338,13 +338,18 @@ class FoundationFeatureCache:
         self._on_disk: dict[str, Path] = {}
         self._handles: dict[Path, Any] = {}
         self.directory: Optional[Path] = None
+        # write=False: read the shards on disk, never add any (the DDP ranks other than 0: one writer per folder).
+        self.write = bool(write)
         if cache_dir is not None:
             namespace = hashlib.sha256(json.dumps([self.model_name, self.input_size]).encode()).hexdigest()[:16]
             self.directory = Path(cache_dir) / namespace
-            self.directory.mkdir(parents=True, exist_ok=True)
-            info = self.directory / "namespace.json"
-            if not info.exists():
-                info.write_text(json.dumps({"model_name": self.model_name, "input_size": self.input_size}, indent=1))
+            if self.write:
+                from microdoppler_finetune.utils.files import atomic_write_json
+
+                self.directory.mkdir(parents=True, exist_ok=True)
+                info = self.directory / "namespace.json"
+                if not info.exists():
+                    atomic_write_json(info, {"model_name": self.model_name, "input_size": self.input_size}, indent=1)
             self._scan_disk()
 
     @classmethod
@@ -393,7 +398,7 @@ class FoundationFeatureCache:
         stored = features.detach().to(device="cpu", dtype=self.storage_dtype).contiguous().clone()
         if self.in_memory:
             self._memory[key] = stored
-        if self.directory is not None:
+        if self.directory is not None and self.write:
             self._pending[key] = stored
             if len(self._pending) >= self.shard_size:
                 self.flush()
