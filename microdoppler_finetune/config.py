@@ -299,27 +299,28 @@ class StudyConfig:
     """
 
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # classifier init + data order + sampling seed
-    tune_seeds: List[int] = field(default_factory=lambda: [0])  # seeds averaged for each choice on validation
+    # Seeds averaged for each choice on validation (one seed is not enough: on the demo, the real-only classifier's
+    # validation accuracy spans 0.67-0.80 over three seeds).
+    tune_seeds: List[int] = field(default_factory=lambda: [0, 1])
     # Classifier recipes tried on real data (IdentificationConfig fields); the best on validation is kept for every
     # later row. The evaluate section gives the starting point (classifier preset, image size, batch size).
     recipes: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
-        "lr2e-3": {"learning_rate": 2.0e-3},
-        "lr5e-3": {"learning_rate": 5.0e-3},
-        "lr1e-3_long": {"learning_rate": 1.0e-3, "epochs": 50, "patience": 15},
+        "lr5e-3_30ep": {"learning_rate": 5.0e-3, "epochs": 30, "patience": 10},
+        "lr2e-3_80ep": {"learning_rate": 2.0e-3, "epochs": 80, "patience": 20},
     })
-    # Conventional augmentations tried (IdentificationConfig fields; "none" trains without augmentation).
+    # Conventional augmentations tried on top of the chosen recipe ("none": no augmentation).
     augmentations: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
         "none": {},
         "time_roll": {"max_time_shift": 0.25, "max_doppler_shift": 0.0, "intensity_jitter": 0.0},
-        "mild": {"max_time_shift": 0.25, "max_doppler_shift": 0.02, "intensity_jitter": 0.05},
+        "time_roll+mirror": {"max_time_shift": 0.25, "max_doppler_shift": 0.0, "intensity_jitter": 0.0,
+                             "doppler_flip": 0.5},
         "standard": {"max_time_shift": 0.25, "max_doppler_shift": 0.04, "intensity_jitter": 0.1},
-        "standard+mirror": {"max_time_shift": 0.25, "max_doppler_shift": 0.04, "intensity_jitter": 0.1,
-                            "doppler_flip": 0.5},
     })
-    guidance_scales: List[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.5, 6.7])
+    # The generated-data knobs are chosen on top of the chosen recipe and augmentation.
+    guidance_scales: List[float] = field(default_factory=lambda: [1.0, 2.0, 3.5, 6.7])
     amounts: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])  # generated / real training images
     amount_for_guidance: float = 1.0  # the amount while the guidance scale is chosen
-    filter_thresholds: List[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6])
+    filter_thresholds: List[float] = field(default_factory=lambda: [0.0, 0.3, 0.6])
     generated_pairs: str = "unseen"  # unseen: only the withheld person x condition pairs; all: every pair
     # Sampler of the study's generated images (few grid points: the study samples thousands of images).
     num_sampling_steps: int = 26

@@ -10,8 +10,7 @@ import pytest
 from test_classifier import write_dataset
 
 from microdoppler_finetune.data import load_manifest, prepare_dataset
-from microdoppler_finetune.data.withhold import (WithheldPairError, WithholdSpec, choose_withheld,
-                                                 refuse_withheld_pairs)
+from microdoppler_finetune.data.withhold import WithheldPairError, WithholdSpec, choose_withheld, refuse_withheld_pairs
 from microdoppler_finetune.evaluation.identification.experiments import cross_condition_pairs, plan_variants
 from microdoppler_finetune.evaluation.study.stats import compare, format_row, summarise
 

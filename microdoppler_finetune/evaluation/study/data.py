@@ -1,6 +1,7 @@
 """The images the study trains and tests on, loaded once: the manifest's splits and the withheld pairs in them."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -74,8 +75,18 @@ def load_study_data(dataset_dir: Path, image_size: int, *, data_root: Optional[s
 
 
 def load_pool(folder: Path, data: StudyData) -> LabelledImages:
-    """Generated images of one folder (the dataset layout), labelled with the manifest's ids."""
-    return load_generated_images(folder, data.manifest, image_size=data.image_size)
+    """Generated images of one folder (the dataset layout), labelled with the manifest's ids, in the order they were
+    generated (image k of a pair has the same starting noise in a pool of any size, so smaller amounts taken from
+    the front are the same images whatever the pool's size)."""
+    pool = load_generated_images(folder, data.manifest, image_size=data.image_size)
+    order = sorted(range(len(pool)), key=lambda i: (int(pool.person_ids[i]), int(pool.condition_ids[i]),
+                                                    _sample_number(pool.keys[i])))
+    return pool.subset(order, source=pool.source)
+
+
+def _sample_number(path: str) -> int:
+    match = re.search(r"_Doppler(\d+)\.\w+$", str(path))
+    return int(match.group(1)) if match else 0
 
 
 def take_per_pair(pool: LabelledImages, per_pair: int, keep: Optional[torch.Tensor] = None) -> LabelledImages:

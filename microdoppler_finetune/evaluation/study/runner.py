@@ -116,10 +116,11 @@ class Study:
         aug_name = self.choose("tune:augmentation", augs, "val")["label"]
         augmentation = None if aug_name == "none" else dict(s.augmentations[aug_name])
         self.choices.update(recipe=recipe, augmentation=aug_name)
-        self.filter_model = self.book.train_model(RunSpec("filter", "real", recipe=recipe, seed=0),
-                                                  self.out / "filter_classifier")
-        # 2. Generated data, each knob on validation: guidance, amount, quality filter, + augmentation.
-        def gen_candidate(group, label, g: GeneratedSpec, aug=None):
+        self.filter_model = self.book.train_model(RunSpec("filter", "real", recipe=recipe, augmentation=augmentation,
+                                                          seed=0), self.out / "filter_classifier")
+        # 2. Generated data, each knob on validation on top of that baseline: guidance, amount, quality filter;
+        #    then whether the augmentation still helps once generated data is there.
+        def gen_candidate(group, label, g: GeneratedSpec, aug=augmentation):
             return self.tune(group, label, run={"recipe": recipe, "augmentation": aug, "generated": g},
                              generated_data={seed: self.generated(g, seed) for seed in s.tune_seeds})
 
@@ -132,8 +133,10 @@ class Study:
                    for t in s.filter_thresholds]
         threshold = float(self.choose("tune:filter", filters, "val_withheld")["label"])
         chosen = GeneratedSpec(scale, amount, threshold)
-        variants = [filters[[f["label"] for f in filters].index(f"{threshold:g}")] | {"label": "generated"},
-                    gen_candidate("tune:generated+augmentation", "generated+augmentation", chosen, augmentation)]
+        with_aug = filters[[f["label"] for f in filters].index(f"{threshold:g}")]
+        variants = [gen_candidate("tune:best_generated", "generated", chosen, None),
+                    with_aug | {"label": "generated+augmentation"}] if augmentation is not None else \
+            [with_aug | {"label": "generated"}]
         best_generated = self.choose("tune:best_generated", variants, "val")["label"]
         self.choices.update(guidance=scale, amount=amount, filter_threshold=threshold,
                             best_generated_variant=best_generated)
@@ -141,9 +144,10 @@ class Study:
         # 3. The test rows, once, over every seed.
         rows = {
             "real": {"recipe": recipe},
-            "real+augmentation": {"recipe": recipe, "augmentation": augmentation or {}},
+            # "none" chosen on validation: the conventional-augmentation baseline is real only (same runs).
+            "real+augmentation": {"recipe": recipe, "augmentation": augmentation},
             "real+generated": {"recipe": recipe, "generated": chosen},
-            "real+generated+augmentation": {"recipe": recipe, "generated": chosen, "augmentation": augmentation or {}},
+            "real+generated+augmentation": {"recipe": recipe, "generated": chosen, "augmentation": augmentation},
         }
         test_rows = {name: [self.book.run(RunSpec("test", name, seed=seed, test=True, **spec),
                                           self.generated(spec["generated"], seed) if "generated" in spec else None)

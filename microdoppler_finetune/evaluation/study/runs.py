@@ -50,9 +50,11 @@ class RunSpec:
     test: bool = False  # score on the test split too (final rows only)
 
     def key(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        slug = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in f"{self.group}__{self.label}")
-        return f"{slug}__s{self.seed}__{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+        """The run's file name: what it trains on and how (not the table it is shown in), so the same run asked
+        for by two tables is trained once. Tuning runs are "tune_*", runs that score the test split "test_*"."""
+        content = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("group", "label")}
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return f"{'test' if self.test else 'tune'}_s{self.seed}_{digest}"
 
 
 def scores(model, data: LabelledImages, names, conditions) -> dict:
