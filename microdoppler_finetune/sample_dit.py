@@ -23,6 +23,7 @@ from typing import Optional
 from microdoppler_finetune.config import PRESETS, load_config
 from microdoppler_finetune.report.lines import sample_line
 from microdoppler_finetune.utils.cli import run_main
+from models.transport import SAMPLING_METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid points of the ODE, as the release counts them: 250 = 249 Euler steps")
     p.add_argument("--steps", type=int, help="DEPRECATED: Euler steps (= num_sampling_steps - 1); use "
                    "--num_sampling_steps")
-    p.add_argument("--sampler", choices=("euler", "heun"))
+    p.add_argument("--sampler", choices=SAMPLING_METHODS,
+                   help="euler (the release's) or a higher-order one: fewer grid points for the same quality")
     p.add_argument("--cfg_scale", type=float, help="guidance scale; <= 1: no guidance")
     p.add_argument("--cfg_interval_start", type=float)
     p.add_argument("--shift", type=float, help="timestep shift s of t' = s*t / (1 + (s-1)*t); <= 0: no shift")
