@@ -391,13 +391,22 @@ def _config_error(cfg: DictConfig, exc: Exception, source: str) -> ConfigError:
     return ConfigError(f"{source}: {first_line}" + (f" (key '{full_key}')" if full_key else ""))
 
 
+# Mappings whose keys are a list of candidates, not settings: replaced, never merged key by key.
+REPLACED_MAPPINGS = ("study.recipes", "study.augmentations")
+
+
 def merge_config(cfg: DictConfig, other, source: str) -> DictConfig:
     """``OmegaConf.merge(cfg, other)``; a key the schema lacks or a value of the wrong type is refused with a
     ConfigError that names ``source`` (the file or the --set list) and the closest valid key."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.merge(cfg, other)
+        merged = OmegaConf.merge(cfg, other)
+        for key in REPLACED_MAPPINGS:  # candidate sets: a file that names them gives exactly those
+            given = OmegaConf.select(other, key) if isinstance(other, DictConfig) else None
+            if given is not None:
+                OmegaConf.update(merged, key, given, merge=False)
+        return merged
     except OmegaConfBaseException as exc:
         raise _config_error(cfg, exc, source) from None
 

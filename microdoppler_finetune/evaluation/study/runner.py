@@ -193,17 +193,17 @@ def study_config(work_dir: Path, config_file=None, overrides=()) -> DictConfig:
     with a YAML and overrides on top."""
     from omegaconf import OmegaConf
 
-    from microdoppler_finetune.config import PipelineConfig
+    from microdoppler_finetune.config import PipelineConfig, merge_config
 
     saved = sorted(Path(work_dir).glob("pipeline_*_config.yaml"), key=lambda p: p.stat().st_mtime)
     if not saved:
         raise FileNotFoundError(f"{work_dir} holds no pipeline_<mode>_config.yaml: run the pipeline there first "
                                 f"(bash scripts/quick_start_finetune.sh demo --work_dir {work_dir}).")
-    cfg = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(saved[-1]))
+    cfg = merge_config(OmegaConf.structured(PipelineConfig), OmegaConf.load(saved[-1]), str(saved[-1]))
     if config_file:
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"--config {config_file} does not exist.")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(config_file))
+        cfg = merge_config(cfg, OmegaConf.load(config_file), str(config_file))
     for item in overrides:  # replace, not merge: --set study.recipes={...} gives exactly those candidates
         key = item.split("=", 1)[0]
         OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([item]), key), merge=False)
