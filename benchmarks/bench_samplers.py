@@ -165,7 +165,7 @@ def run(args) -> dict:
     print(f"{len(jobs)} images per setting ({args.per_pair} per person x condition), guidance {base['cfg_scale']} "
           f"from t >= {base['cfg_interval_start']}, shift {base['shift']}, on {device_description()}", flush=True)
     key = json.dumps([str(inputs["dit"]), len(jobs), base, args.reference_points, args.seed], sort_keys=True)
-    cache = torch.load(args.cache, weights_only=False) if args.cache and args.cache.is_file() else {}
+    cache = torch.load(args.cache, weights_only=True) if args.cache and args.cache.is_file() else {}
     if cache.get("key") != key:
         cache = {"key": key, "rows": {}}
 

@@ -260,6 +260,19 @@ def _clamped_ratio(norm_a: torch.Tensor, norm_b: torch.Tensor, max_value: float,
     return torch.clamp(norm_a / (norm_b + ADAPTIVE_EPS * grad_scale), 0.0, max_value).detach()
 
 
+def check_generator_inputs(config: GeneratorLossConfig, perceptual, disc_active: bool, discriminator,
+                           decoder_last_layer, projected, features) -> None:
+    """What both generator objectives need, checked before any work: one message per missing piece."""
+    if config.perceptual_weight > 0 and perceptual is None:
+        raise ValueError("perceptual_weight > 0 but no perceptual network was given: pass the LPIPS module "
+                         "(models.perceptual.create_lpips) or set perceptual_weight to 0.")
+    if disc_active and (discriminator is None or decoder_last_layer is None):
+        raise ValueError("disc_active=True needs the discriminator and decoder_last_layer (the decoder's "
+                         "conv_out weight, for the adaptive GAN weight).")
+    if (projected is None) != (features is None):
+        raise ValueError("Give both projected latents and foundation features for the VF loss, or neither.")
+
+
 def generator_loss_for_step(
     inputs: torch.Tensor,
     reconstructions: torch.Tensor,
@@ -301,14 +314,7 @@ def generator_loss_for_step(
             features=features, perceptual=perceptual, discriminator=discriminator,
             decoder_last_layer=decoder_last_layer, encoder_last_layer=encoder_last_layer, grad_scale=grad_scale)
         return GeneratorStep(total, total, logs)
-    if config.perceptual_weight > 0 and perceptual is None:
-        raise ValueError("perceptual_weight > 0 but no perceptual network was given: pass the LPIPS module "
-                         "(models.perceptual.create_lpips) or set perceptual_weight to 0.")
-    if adaptive_adv and discriminator is None:
-        raise ValueError("disc_active=True needs the discriminator and decoder_last_layer (the decoder's "
-                         "conv_out weight, for the adaptive GAN weight).")
-    if (projected is None) != (features is None):
-        raise ValueError("Give both projected latents and foundation features for the VF loss, or neither.")
+    check_generator_inputs(config, perceptual, disc_active, discriminator, decoder_last_layer, projected, features)
 
     nll, logs = reconstruction_nll(inputs, reconstructions, perceptual, config.perceptual_weight)
     kl = kl_loss(posterior)
@@ -381,18 +387,13 @@ def generator_loss(
     Logged keys: nll, rec_l1, lpips (with a perceptual network), kl, g_loss, lambda_adv (the weight applied to
     g_loss, disc_factor included; 0 while inactive), vf, vf_distmat, vf_cos, lambda_vf (when VF is on), total.
     """
-    if config.perceptual_weight > 0 and perceptual is None:
-        raise ValueError("perceptual_weight > 0 but no perceptual network was given: pass the LPIPS module "
-                         "(models.perceptual.create_lpips) or set perceptual_weight to 0.")
+    check_generator_inputs(config, perceptual, disc_active, discriminator, decoder_last_layer, projected, features)
     nll, logs = reconstruction_nll(inputs, reconstructions, perceptual, config.perceptual_weight)
     kl = kl_loss(posterior)
     total = nll + config.kl_weight * kl
     logs["kl"] = kl.detach()
 
     if disc_active:
-        if discriminator is None or decoder_last_layer is None:
-            raise ValueError("disc_active=True needs the discriminator and decoder_last_layer (the decoder's "
-                             "conv_out weight, for the adaptive GAN weight).")
         g_loss = hinge_g_loss(discriminator(reconstructions))  # D in the caller's mode (train: batch stats)
         lambda_adv = config.disc_factor * config.disc_weight * adaptive_weight(
             nll, g_loss, decoder_last_layer, ADV_WEIGHT_MAX, fallback=0.0, grad_scale=grad_scale)
@@ -403,8 +404,6 @@ def generator_loss(
         logs["g_loss"] = torch.zeros((), device=inputs.device)
     logs["lambda_adv"] = lambda_adv.detach()
 
-    if (projected is None) != (features is None):
-        raise ValueError("Give both projected latents and foundation features for the VF loss, or neither.")
     if projected is not None:
         vf, vf_logs = vf_loss(projected, features, distmat_margin=config.distmat_margin,
                               cos_margin=config.cos_margin, distmat_weight=config.distmat_weight,
