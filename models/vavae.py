@@ -184,10 +184,17 @@ class VAVAE(ModelMixin, ConfigMixin):
         """Latents -> images (B x 3 x H x W), unclamped."""
         return self.decoder(self.post_quant_conv(z))
 
-    def forward(self, x: torch.Tensor, sample: bool = True,
-                generator: Optional[torch.Generator] = None) -> VAVAEOutput:
+    def forward(self, x: torch.Tensor, sample: bool = True, generator: Optional[torch.Generator] = None,
+                noise: Optional[torch.Tensor] = None) -> VAVAEOutput:
+        """``noise``: the posterior sample's ε (B x z x h x w), drawn by the caller, e.g. so that a batch split
+        over DDP processes gets the noise the whole batch would get in one process; else ``generator`` draws it."""
         posterior = self.encode(x)
-        latents = posterior.sample(generator=generator) if sample else posterior.mode()  # B x z x h x w
+        if sample and noise is not None:
+            if noise.shape != posterior.mean.shape:
+                raise ValueError(f"noise has shape {tuple(noise.shape)}, the posterior {tuple(posterior.mean.shape)}")
+            latents = posterior.mean + posterior.std * noise.to(posterior.mean.dtype)  # B x z x h x w
+        else:
+            latents = posterior.sample(generator=generator) if sample else posterior.mode()  # B x z x h x w
         reconstruction = self.decode(latents)  # B x 3 x H x W
         projected = self.linear_proj(latents)  # B x foundation_dim x h x w
         return VAVAEOutput(reconstruction=reconstruction, posterior=posterior, latents=latents,

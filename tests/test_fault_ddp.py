@@ -5,12 +5,14 @@ matches one process with the same global batch. Only rank 0 writes files (every 
 DiT (torchrun): the trainer draws each sample's noise, time and posterior sample from its place in the global batch,
 so with label dropout off two processes with batch 2 compute what one process with batch 4 computes; tolerance
 1e-4 (relative) for the float differences of the gradient all-reduce.
-VA-VAE (Lightning DDP): both runs read the same images at each step (the same DistributedSampler order), but each
-rank draws its posterior samples from its own generator; the trajectory comparison (validation loss within 20 %,
-PSNR within 1 dB) is an expected failure for now (see the test).
+VA-VAE (Lightning DDP): the data module deals one seeded permutation out round-robin, the posterior noise is drawn
+for the global batch, and the adaptive loss weights use the gradients averaged over the ranks, so the gradient
+norm of every step matches one process with batch 4 within 1e-4 (relative); validation within 1 % (the padded
+DistributedSampler repeats an image). A resumed mid-epoch run continues the epoch where the checkpoint was taken.
 """
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -101,7 +103,8 @@ VAE_SETS = [f"data.image_size={SIZE}", "data.num_workers=0", "vae.preset=tiny_f8
             "vae.vf_model=vit_small_patch14_dinov2", "vae.vf_pretrained=false", "vae_loss.lpips_net=alex",
             "vae_loss.disc_channels=8", "vae_loss.disc_num_layers=2", "vae_train.accelerator=cpu",
             "vae_train.grid_images=2", "vae_train.checkpoint_every_n_steps=2", "vae_train.progress_bar=false",
-            "vae_train.limit_train_batches=4", "vae_train.stage_overrides.stage1.epochs=2"]
+            "vae_train.limit_train_batches=4", "vae_train.stage_overrides.stage1.epochs=2",
+            "vae_train.log_every_n_steps=1"]
 
 
 def vae_command(work: Path, dataset: Path, devices: int, batch: int) -> list:
@@ -119,10 +122,22 @@ def val_history(work: Path) -> list:
     return S.StageFolder(work / "vae", "stage1").read_result().val_history
 
 
+def gradient_norms(work: Path) -> dict:
+    """Autoencoder step -> gradient norm before clipping, from the stage's CSV logs. The norm is of the gradient
+    after DDP's all-reduce, i.e. of the whole global batch (the logged losses are rank 0's half of it)."""
+    norms = {}
+    for path in sorted((work / "vae" / "stage1").rglob("metrics.csv")):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("train_grad_norm_ae"):
+                    norms[int(float(row["step"]))] = float(row["train_grad_norm_ae"])
+    return norms
+
+
 def test_vae_ddp_follows_one_process_only_rank0_writes_and_a_killed_rank_resumes(inputs, tmp_path):
     from vae_training import stages as S
 
-    base = dict(TORCH_HOME=str(inputs["torch_home"]), MDF_FAULT_SAME_ORDER="1")
+    base = dict(TORCH_HOME=str(inputs["torch_home"]))
     single = tmp_path / "single"
     done = run(vae_command(single, inputs["dataset"], 1, 4), env=child_env(all_processes=True, **base), timeout=300)
     assert done.returncode == 0, done.output[-3000:]
@@ -148,12 +163,15 @@ def test_vae_ddp_follows_one_process_only_rank0_writes_and_a_killed_rank_resumes
 
     ours, reference = val_history(work), val_history(single)
     assert [r["epoch"] for r in ours] == [r["epoch"] for r in reference] == [0, 1]
-    # KNOWN GAP: the VA-VAE's DDP trajectory does not yet follow one process with the same global batch. Each rank
-    # draws its own posterior noise, and keying the noise by image and step did not close the gap (measured: val
-    # loss 1473 vs 2362 at epoch 0 on this 8-step run), so something else differs too (validation sharding or the
-    # resumed epoch's data order are the suspects). Reported as an expected failure until it is found; every
-    # check above (no hang, rank 0 alone writes, resume, finished as x2) is enforced.
-    apart = [(a["epoch"], a["val_loss"], b["val_loss"]) for a, b in zip(ours, reference)
-             if a["val_loss"] != pytest.approx(b["val_loss"], rel=0.2) or abs(a["val_psnr"] - b["val_psnr"]) >= 1.0]
-    if apart:
-        pytest.xfail(f"VA-VAE DDP trajectory differs from one process (epoch, ddp, single): {apart}")
+    # Same images, same posterior noise and adaptive weights of the global batch: the gradients agree to float
+    # summation order at every step, the killed-and-resumed steps included (measured: equal to 6 digits).
+    ours_norms, reference_norms = gradient_norms(work), gradient_norms(single)
+    common = sorted(set(ours_norms) & set(reference_norms))
+    assert len(common) >= 6 and common[-1] == 8, (ours_norms, reference_norms)
+    for step in common:
+        assert ours_norms[step] == pytest.approx(reference_norms[step], rel=1e-4), step
+    # Validation: DistributedSampler repeats the last images to even the ranks' shares, so the DDP means count a
+    # few images twice (measured: 0.3 % apart on this 8-step run).
+    for a, b in zip(ours, reference):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=0.01), a["epoch"]
+        assert a["val_psnr"] == pytest.approx(b["val_psnr"], abs=0.1), a["epoch"]

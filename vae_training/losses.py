@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,8 @@ import torch.nn.functional as F
 ADV_WEIGHT_MAX = 1e4
 VF_WEIGHT_MAX = 1e8
 ADAPTIVE_EPS = 1e-4
+# Averages a gradient over the DDP processes (None: one process); see adaptive_weight.
+GradientMean = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
 
 @dataclass
@@ -148,7 +150,8 @@ def discriminator_loss(discriminator: torch.nn.Module, inputs: torch.Tensor, rec
 
 
 def adaptive_weight(loss_a: torch.Tensor, loss_b: torch.Tensor, param: torch.nn.Parameter, max_value: float,
-                    eps: float = ADAPTIVE_EPS, *, fallback: float = 0.0, grad_scale: float = 1.0) -> torch.Tensor:
+                    eps: float = ADAPTIVE_EPS, *, fallback: float = 0.0, grad_scale: float = 1.0,
+                    gradient_mean: GradientMean = None) -> torch.Tensor:
     """``clamp(‖∂loss_a/∂param‖ / (‖∂loss_b/∂param‖ + eps), 0, max_value)``, detached (a 0-d tensor).
 
     Scales ``loss_b`` so that its gradient at ``param`` is as large as ``loss_a``'s. The graph is kept
@@ -159,14 +162,16 @@ def adaptive_weight(loss_a: torch.Tensor, loss_b: torch.Tensor, param: torch.nn.
     ``grad_scale`` (fp16 mixed precision): both losses are multiplied by the AMP grad scaler's current scale
     before differentiating, and eps with them, so the ratio is unchanged but the fp16 backward stays in range
     (unscaled, a pixel-sum loss overflows fp16 at the last conv and the ratio becomes inf, then clamped).
+
+    ``gradient_mean`` (DDP): averages each gradient at ``param`` over the processes before its norm is taken, so
+    the weight is the one of the whole global batch (as one process computes it), the same on every rank.
     """
     device = param.device
     if not (torch.is_grad_enabled() and param.requires_grad and loss_a.requires_grad and loss_b.requires_grad):
         return torch.tensor(float(fallback), device=device)
     grad_a, grad_b = (torch.autograd.grad(loss * grad_scale, param, retain_graph=True, allow_unused=True)[0]
                       for loss in (loss_a, loss_b))
-    norm_a, norm_b = (torch.linalg.vector_norm(g.float()) if g is not None else torch.zeros((), device=device)
-                      for g in (grad_a, grad_b))
+    norm_a, norm_b = (_gradient_norm(g, gradient_mean, device) for g in (grad_a, grad_b))
     return torch.clamp(norm_a / (norm_b + eps * grad_scale), 0.0, max_value).detach()
 
 
@@ -245,14 +250,22 @@ def _image_gradient(loss: torch.Tensor, image: torch.Tensor, grad_scale: float) 
     return _at_least_fp32(grad) / grad_scale
 
 
+def _gradient_norm(grad: Optional[torch.Tensor], gradient_mean: GradientMean, device) -> torch.Tensor:
+    """‖grad‖ (fp32; 0 for a loss that does not reach the parameter), after ``gradient_mean`` when given."""
+    grad = torch.zeros((), device=device) if grad is None else grad.float()
+    if gradient_mean is not None:
+        grad = gradient_mean(grad)
+    return torch.linalg.vector_norm(grad)
+
+
 def _norm_at(image: torch.Tensor, image_grad: torch.Tensor, param: torch.nn.Parameter,
-             grad_scale: float) -> torch.Tensor:
+             grad_scale: float, gradient_mean: GradientMean = None) -> torch.Tensor:
     """‖∂L/∂param‖ given ∂L/∂image: a backward from the image to ``param`` only (the last layers of the path)."""
     grad = torch.autograd.grad(image, param, grad_outputs=(image_grad * grad_scale).to(image.dtype),
                                retain_graph=True, allow_unused=True)[0]
     if grad is None:
-        return torch.zeros((), device=param.device)
-    return torch.linalg.vector_norm(grad.float())
+        grad = torch.zeros_like(param, dtype=torch.float32)  # every rank must join gradient_mean's all-reduce
+    return _gradient_norm(grad, gradient_mean, param.device)
 
 
 def _clamped_ratio(norm_a: torch.Tensor, norm_b: torch.Tensor, max_value: float, grad_scale: float) -> torch.Tensor:
@@ -287,6 +300,7 @@ def generator_loss_for_step(
     decoder_last_layer: torch.nn.Parameter | None = None,
     encoder_last_layer: torch.nn.Parameter | None = None,
     grad_scale: float = 1.0,
+    gradient_mean: GradientMean = None,
 ) -> GeneratorStep:
     """:func:`generator_loss` for a training step: the same value, weights and logs, plus a cheaper tensor for
     the backward pass (see :class:`GeneratorStep`).
@@ -312,7 +326,8 @@ def generator_loss_for_step(
         total, logs = generator_loss(
             inputs, reconstructions, posterior, config=config, disc_active=disc_active, projected=projected,
             features=features, perceptual=perceptual, discriminator=discriminator,
-            decoder_last_layer=decoder_last_layer, encoder_last_layer=encoder_last_layer, grad_scale=grad_scale)
+            decoder_last_layer=decoder_last_layer, encoder_last_layer=encoder_last_layer, grad_scale=grad_scale,
+            gradient_mean=gradient_mean)
         return GeneratorStep(total, total, logs)
     check_generator_inputs(config, perceptual, disc_active, discriminator, decoder_last_layer, projected, features)
 
@@ -327,8 +342,8 @@ def generator_loss_for_step(
     if adaptive_adv:
         g_loss = hinge_g_loss(discriminator(reconstructions))  # D in the caller's mode (train: batch stats)
         grad_adv = _image_gradient(g_loss, reconstructions, grad_scale)  # the one discriminator backward
-        weight = _clamped_ratio(_norm_at(reconstructions, grad_nll, decoder_last_layer, grad_scale),
-                                _norm_at(reconstructions, grad_adv, decoder_last_layer, grad_scale),
+        weight = _clamped_ratio(_norm_at(reconstructions, grad_nll, decoder_last_layer, grad_scale, gradient_mean),
+                                _norm_at(reconstructions, grad_adv, decoder_last_layer, grad_scale, gradient_mean),
                                 ADV_WEIGHT_MAX, grad_scale)
         lambda_adv = config.disc_factor * config.disc_weight * weight
         total = total + lambda_adv * g_loss
@@ -344,11 +359,10 @@ def generator_loss_for_step(
                               cos_margin=config.cos_margin, distmat_weight=config.distmat_weight,
                               cos_weight=config.cos_weight)
         if adaptive_vf:
-            norm_nll = _norm_at(reconstructions, grad_nll, encoder_last_layer, grad_scale)
+            norm_nll = _norm_at(reconstructions, grad_nll, encoder_last_layer, grad_scale, gradient_mean)
             grad_vf = torch.autograd.grad(vf * grad_scale, encoder_last_layer, retain_graph=True,
                                           allow_unused=True)[0]
-            norm_vf = (torch.linalg.vector_norm(grad_vf.float()) if grad_vf is not None
-                       else torch.zeros((), device=inputs.device))
+            norm_vf = _gradient_norm(grad_vf, gradient_mean, inputs.device)
             lambda_vf = config.vf_weight * _clamped_ratio(norm_nll, norm_vf, VF_WEIGHT_MAX, grad_scale)
         else:
             lambda_vf = torch.tensor(config.vf_weight, device=inputs.device)
@@ -376,6 +390,7 @@ def generator_loss(
     decoder_last_layer: torch.nn.Parameter | None = None,
     encoder_last_layer: torch.nn.Parameter | None = None,
     grad_scale: float = 1.0,
+    gradient_mean: GradientMean = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The autoencoder's total loss and a dict of every term (detached) for logging.
 
@@ -396,7 +411,8 @@ def generator_loss(
     if disc_active:
         g_loss = hinge_g_loss(discriminator(reconstructions))  # D in the caller's mode (train: batch stats)
         lambda_adv = config.disc_factor * config.disc_weight * adaptive_weight(
-            nll, g_loss, decoder_last_layer, ADV_WEIGHT_MAX, fallback=0.0, grad_scale=grad_scale)
+            nll, g_loss, decoder_last_layer, ADV_WEIGHT_MAX, fallback=0.0, grad_scale=grad_scale,
+            gradient_mean=gradient_mean)
         total = total + lambda_adv * g_loss
         logs["g_loss"] = g_loss.detach()
     else:
@@ -413,7 +429,7 @@ def generator_loss(
                 raise ValueError("adaptive_vf needs encoder_last_layer (the encoder's conv_out weight).")
             # Fallback 1.0: without a graph the VF term keeps its nominal weight vf_weight.
             lambda_vf = config.vf_weight * adaptive_weight(nll, vf, encoder_last_layer, VF_WEIGHT_MAX, fallback=1.0,
-                                                           grad_scale=grad_scale)
+                                                           grad_scale=grad_scale, gradient_mean=gradient_mean)
         else:
             lambda_vf = torch.tensor(config.vf_weight, device=inputs.device)
         total = total + lambda_vf * vf

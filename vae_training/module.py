@@ -13,9 +13,14 @@ G = 2·disc_start − 1 (it compares G with a global step that advances twice pe
 discriminator's update after the autoencoder's, and multiplies the discriminator loss by 0 before G): Adam's
 step count is then warm when the GAN switches on. See vae_training/vavae_microdoppler_config.yaml.
 
-Validation is deterministic: each batch draws its posterior sample with a torch.Generator seeded from
-``val_seed`` and the batch index, and every validation number (losses, PSNR, L1, LPIPS) is computed on that
-one fixed-seed reconstruction, with the same per-sample normalisation as training.
+Validation is deterministic: each batch's posterior noise comes from a generator seeded from ``val_seed`` and
+the batch index, and every validation number (losses, PSNR, L1, LPIPS) is computed on that one fixed-seed
+reconstruction, with the same per-sample normalisation as training.
+
+DDP (n processes, batch b each) computes what one process with batch n·b computes, up to float summation order:
+every loss is a per-image mean, the posterior noise is drawn for the global batch and dealt out like the images
+(posterior_noise), and the adaptive weights take the norms of the gradients averaged over the processes. Not
+covered: the discriminator's BatchNorm statistics (per process, as in the official code) once the GAN is on.
 """
 from __future__ import annotations
 
@@ -88,6 +93,9 @@ class VAVAEFineTuneModule(pl.LightningModule):
         self.clip_algorithm = self.train_cfg.get("gradient_clip_algorithm", "norm")
         self.max_nonfinite = int(self.train_cfg.get("max_nonfinite_in_a_row", 5))
         self.val_seed = int(self.train_cfg.get("val_seed", 1234))
+        # Training posterior noise is keyed by this seed and the step (see posterior_noise). seed_everything(run.seed
+        # + stage index) ran just before the module is built: the same value on every DDP rank and on a resume.
+        self.noise_seed = int(self.train_cfg.get("noise_seed", torch.initial_seed()))
         # Counters saved in checkpoints (on_save_checkpoint) so a resumed stage continues them.
         self.ae_steps = 0
         self.disc_steps = 0  # discriminator optimizer steps, the zero-gradient ones before it learns included
@@ -233,7 +241,31 @@ class VAVAEFineTuneModule(pl.LightningModule):
             decoder_last_layer=self.vae.decoder_conv_out_weight,
             encoder_last_layer=self.vae.encoder_conv_out_weight,
             grad_scale=self._amp_scale() if self.training else 1.0,
+            gradient_mean=self._mean_over_processes if self._world_size() > 1 else None,
         )
+
+    def _world_size(self) -> int:
+        return int(self.trainer.world_size) if self._trainer is not None else 1
+
+    def _mean_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce mean over the DDP processes: the adaptive weights then see the global batch's gradient at
+        the last layers, as one process with the same global batch does (the official code uses each GPU's own)."""
+        return self.trainer.strategy.reduce(tensor.contiguous(), reduce_op="mean")
+
+    def posterior_noise(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """ε of this batch's posterior samples (B x z x h x w), independent of how the global batch is split.
+
+        Drawn for the whole global batch from a generator seeded with ``seed`` (the same on every rank); this
+        rank takes its rows. Lightning's DistributedSampler deals a global batch out round-robin (rank r holds
+        rows r, r + world, ...), so one process with the global batch draws the very same ε for every image.
+        """
+        world, rank = self._world_size(), int(self.global_rank)
+        factor = self.vae.downsample_factor
+        shape = (x.shape[0] * world, int(self.vae.config.latent_channels), x.shape[-2] // factor,
+                 x.shape[-1] // factor)
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(int(seed) % (2 ** 63))
+        return torch.randn(shape, generator=generator, device=x.device)[rank::world]
 
     def _amp_scaler(self):
         """The fp16 GradScaler of 16-mixed precision (None for fp32 and bf16)."""
@@ -295,7 +327,9 @@ class VAVAEFineTuneModule(pl.LightningModule):
 
         # ---- autoencoder update (the discriminator is frozen by toggle_optimizer while it runs)
         self.toggle_optimizer(opt_ae)
-        out = self.vae(x, sample=True)  # posterior sample, as in the released training
+        # Posterior sample, as in the released training; its noise keyed by step and micro-batch (posterior_noise)
+        noise_key = (self.noise_seed * 1_000_003 + self.ae_steps) * 1009 + batch_idx % self.accumulation
+        out = self.vae(x, sample=True, noise=self.posterior_noise(x, noise_key))
         step = self.generator_step(x, out, features, with_gan=gan)
         loss, terms = step.total, step.logs
         ae_ok = self._all_ranks_finite(loss)
@@ -413,13 +447,16 @@ class VAVAEFineTuneModule(pl.LightningModule):
 
     def _val_generator(self, batch_idx: int) -> torch.Generator:
         generator = torch.Generator(device=self.device)
-        # Distinct per rank so DDP ranks (which see different batches) do not share noise; fixed per epoch.
-        generator.manual_seed(self.val_seed + 1_000_003 * batch_idx + self.global_rank)
+        generator.manual_seed(self._val_noise_seed(batch_idx))
         return generator
+
+    def _val_noise_seed(self, batch_idx: int) -> int:
+        return self.val_seed + 1_000_003 * batch_idx  # fixed per epoch
 
     def validation_step(self, batch: dict, batch_idx: int):
         x = batch["image"]
-        out = self.vae(x, sample=True, generator=self._val_generator(batch_idx))
+        # The same noise for every image whether validation runs in one process or is split over DDP ranks
+        out = self.vae(x, sample=True, noise=self.posterior_noise(x, self._val_noise_seed(batch_idx)))
         features = self.alignment_features(batch, x)
         # GAN term skipped: the discriminator is still moving, so its value does not compare across epochs.
         # Adaptive weights fall back to their nominal values without a graph (see vae_training.losses).
@@ -440,7 +477,7 @@ class VAVAEFineTuneModule(pl.LightningModule):
 
     @torch.no_grad()
     def reconstruct_for_display(self, images: torch.Tensor) -> torch.Tensor:
-        """Reconstructions of fixed images, exactly as validation makes them (fixed-seed posterior sample)."""
+        """Reconstructions of fixed images with a fixed-seed posterior sample (the same every epoch)."""
         was_training = self.training
         self.eval()
         try:

@@ -221,7 +221,8 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
     from vae_training.datamodule import VAEDataModule
 
     datamodule = VAEDataModule(manifest, image_size=image_size, batch_size=int(train.batch_size),
-                               num_workers=int(cfg.data.num_workers), flip=bool(cfg.data.flip))
+                               num_workers=int(cfg.data.num_workers), flip=bool(cfg.data.flip),
+                               seed=torch.initial_seed())  # run.seed + stage index (seed_everything): every rank
     datamodule.setup()
 
     if _rank_zero():
@@ -256,6 +257,7 @@ def run_stage(cfg: DictConfig, stage: dict, folder: S.StageFolder, manifest: Pat
         max_epochs=int(stage["epochs"]),
         logger=stage_loggers(folder), callbacks=callbacks, detect_anomaly=bool(train.detect_anomaly),
         num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,  # StageProgress instead
+        use_distributed_sampler=False,  # the data module shards (and resumes mid-epoch) itself
         # Lightning counts log intervals in batches: one autoencoder step is `gradient_accumulation` batches.
         log_every_n_steps=max(1, int(train.log_every_n_steps)) * max(1, int(train.gradient_accumulation)),
         limit_train_batches=train.limit_train_batches, limit_val_batches=train.limit_val_batches,

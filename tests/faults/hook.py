@@ -2,8 +2,6 @@
 
 MDF_FAULT_WATCH=sub1,sub2   print ``MDF_FAULT open <path>`` when a file whose path contains one of the substrings
                             is opened for writing, and ``MDF_FAULT replaced <path>`` when one is renamed into place
-MDF_FAULT_SAME_ORDER=1      the VA-VAE training batches come from a DistributedSampler also in a single process,
-                            so one process with batch 2B reads what two DDP ranks with batch B read together
 MDF_FAULT_PAUSE=sub:n       at the n-th write-open of a path containing ``sub``: write nothing more, print
                             ``MDF_FAULT paused <path>`` and sleep (the test kills the process there: a crash in the
                             middle of writing that file)
@@ -105,26 +103,3 @@ def install() -> None:
             handle.write(data)
 
     safetensors.torch.save_file = save_file_hook
-    if os.environ.get("MDF_FAULT_SAME_ORDER"):
-        same_order_loaders()
-
-
-def same_order_loaders() -> None:
-    """VAEDataModule's shuffled loader with the sampler Lightning gives each DDP rank (seeded by PL_GLOBAL_SEED),
-    in one process as well."""
-    import torch.distributed as dist
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    from vae_training.datamodule import VAEDataModule
-
-    original = VAEDataModule._loader
-
-    def loader(self, dataset, shuffle):
-        if not shuffle:
-            return original(self, dataset, shuffle)
-        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                     seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0, drop_last=False)
-
-    VAEDataModule._loader = loader
