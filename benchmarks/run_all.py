@@ -15,10 +15,11 @@ on):
                     (``--official_src``; ours alone without it);
 * ``data``          data-loading throughput of the training DataLoader (the work dir's manifest, else a small
                     simulated set), num_workers 0 and 2;
+* ``memory``        benchmarks/bench_memory.py: the VA-VAE memory plans for a P100 and two T4s, the per-image
+                    count checked on real tensors, and on ``--device cuda`` the estimate against the measured peak;
 * ``stages``        the demo's stage times from ``--work_dir``/report.json.
 
-On ``--device cuda`` the step benchmarks run on the GPU. (The memory planner and its benchmark are not part of
-this version: see the performance note.)
+On ``--device cuda`` the step benchmarks run on the GPU.
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--official_deps", type=Path, default=None)
     parser.add_argument("--baseline_src", type=Path, default=None,
                         help="a folder with an earlier vae_training/ (git archive <commit> vae_training)")
-    parser.add_argument("--parts", default="vae_profile,vae_changes,samplers,official,data,stages")
+    parser.add_argument("--parts", default="vae_profile,vae_changes,samplers,official,data,memory,stages")
     parser.add_argument("--out", type=Path, default=Path("benchmark_results.json"))
     args = parser.parse_args(argv)
     quick = args.quick
@@ -167,6 +168,9 @@ def main(argv=None) -> dict:
         except Exception as exc:  # noqa: BLE001 - one part failing must not stop the others
             results["data"] = {"status": f"failed: {type(exc).__name__}: {exc}", "result": None}
         results["data"]["seconds"] = round(time.time() - t0, 1)
+    if "memory" in parts:
+        command = [python, str(HERE / "bench_memory.py"), "--json", str(tmp / "memory.json"), "--device", args.device]
+        run_part("memory", command, tmp / "memory.json", 300, results)
     if "stages" in parts:
         results["stages"] = {"status": "ok" if stage_times(args.work_dir) else "skipped: no --work_dir/report.json",
                              "result": stage_times(args.work_dir)}
@@ -217,6 +221,13 @@ def print_summary(results: dict) -> None:
                     print(f"    VA-VAE {key:38s} {value:8.3f} s" + (f"  {speedup:.2f}x" if speedup else ""))
         elif name == "data":
             print(f"    {data['source']}: {data['images_per_second']} images/s")
+        elif name == "memory":
+            for plan in data.get("plans", []):
+                print(f"    {plan['gpu']}: batch {plan['batch_size']} x accumulation {plan['gradient_accumulation']}"
+                      f", checkpointing {plan['gradient_checkpointing']}, estimate {plan['estimate_gib']} GiB")
+            if data.get("measured"):
+                m = data["measured"]
+                print(f"    measured peak {m['measured_peak_gib']:.2f} GiB vs estimate {m['estimate_gib']:.2f} GiB")
         elif name == "stages":
             print("    " + ", ".join(f"{k} {v} s" for k, v in data.items()))
 

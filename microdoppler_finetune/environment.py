@@ -109,7 +109,7 @@ def recommend_preset(gpus: list[GPUInfo]) -> tuple[str, str]:
     if len(gpus) >= 2 and "T4" in names:
         return "t4x2", "two T4 GPUs: DDP over both, fp16-mixed where the stage allows it"
     if "P100" in names:
-        return "p100", "one P100 (16 GB, no bf16, no tensor cores): single GPU, fp32, batch 8 x accumulation 2"
+        return "p100", "one P100 (16 GB, no bf16, no tensor cores): single GPU, fp32, batch 4 x accumulation 4"
     if len(gpus) == 1 and "T4" in names:
         return "p100", "one T4 (16 GB): the single-16GB-GPU preset"
     return "gpu", f"{len(gpus)} GPU(s) ({names}): generic GPU preset"

@@ -8,8 +8,9 @@ import argparse
 import json
 import sys
 
-from microdoppler_finetune.environment import run_setup
+from microdoppler_finetune.environment import detect_gpus, run_setup
 from microdoppler_finetune.utils.cli import run_main
+from microdoppler_finetune.utils.files import atomic_write_json
 
 
 def main(argv=None) -> int:
@@ -25,6 +26,16 @@ def main(argv=None) -> int:
     info, path, problems = run_setup(kaggle=args.kaggle, work_dir=args.work_dir, install=args.install)
     print(json.dumps(info, indent=2))
     print(f"\nRecommended preset: {info['recommended_preset']} ({info['preset_reason']})")
+    if not problems:
+        from microdoppler_finetune.memory import setup_plans
+
+        plans = setup_plans(detect_gpus())
+        print("\nVA-VAE training memory (estimated from the measured memory per image; "
+              "benchmarks/bench_memory.py checks the estimate on a GPU):")
+        for plan in plans:
+            print(f"  {plan.line()}")
+        info["memory_plans"] = [plan.to_dict() for plan in plans]
+        atomic_write_json(path, info)
     print(f"Environment report written to {path}")
     for problem in problems:
         print(f"PROBLEM: {problem}", file=sys.stderr)
