@@ -59,7 +59,12 @@ def count_check(cfg, device: str, size: int) -> dict:
 def measured_peak(cfg, batch: int) -> dict:
     """One autoencoder update (GAN on) at the preset's image size on the GPU: peak allocated bytes."""
     from microdoppler_finetune.memory.plan import (
-        BACKWARD_FACTOR, GIB, RUNTIME_OVERHEAD, estimate_bytes, vavae_requirements)
+        BACKWARD_FACTOR,
+        GIB,
+        RUNTIME_OVERHEAD,
+        estimate_bytes,
+        vavae_requirements,
+    )
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()

@@ -3,5 +3,5 @@ plan that fits the users' GPUs (step1 prints it; benchmarks/bench_memory.py chec
 from microdoppler_finetune.memory.activations import ActivationMemory, SavedTensorCounter, vavae_step_memory
 from microdoppler_finetune.memory.plan import TARGETS, MemoryPlan, plan_targets, plan_vavae, setup_plans
 
-__all__ = ["ActivationMemory", "MemoryPlan", "SavedTensorCounter", "TARGETS", "plan_targets", "plan_vavae", "setup_plans",
-           "vavae_step_memory"]
+__all__ = ["ActivationMemory", "MemoryPlan", "SavedTensorCounter", "TARGETS", "plan_targets", "plan_vavae",
+           "setup_plans", "vavae_step_memory"]
