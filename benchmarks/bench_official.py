@@ -103,7 +103,18 @@ def dit_step_comparison(preset: str, latent_size: int, channels: int, batch: int
         loss.backward()
         opt_ours.step()
 
-    steps = {"ours": step_ours}
+    compiled = create_dit(preset, input_size=latent_size, in_channels=channels, num_classes=classes).to(device)
+    compiled.load_state_dict(ours.state_dict())
+    compiled.train().compile_blocks()
+    opt_compiled = torch.optim.AdamW(compiled.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0)
+
+    def step_compiled():  # dit.train.compile_blocks=true
+        loss = transport.training_losses(compiled, x, person=y)["loss"].mean()
+        opt_compiled.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_compiled.step()
+
+    steps = {"ours": step_ours, "ours_compiled": step_compiled}
     row = {"preset": preset, "latent": f"{channels}x{latent_size}x{latent_size}", "batch": batch,
            "params_ours_m": round(sum(p.numel() for p in ours.parameters()) / 1e6, 3)}
     if official is not None:
@@ -136,9 +147,12 @@ def dit_step_comparison(preset: str, latent_size: int, channels: int, batch: int
             synchronize()
             times[name].append(time.perf_counter() - started)
     row["ours_s"] = statistics.median(times["ours"])
+    row["ours_compiled_s"] = statistics.median(times["ours_compiled"])
     if "official" in times:
         row["official_s"] = statistics.median(times["official"])
         row["speedup_ours_vs_official"] = statistics.median(o / a for a, o in zip(times["ours"], times["official"]))
+        row["speedup_ours_compiled_vs_official"] = statistics.median(
+            o / a for a, o in zip(times["ours_compiled"], times["official"]))
     return row
 
 
@@ -238,24 +252,34 @@ def vavae_step_comparison(args, device) -> dict:
     for item in torch.utils.data.DataLoader(Items(False), batch_size=batch):
         cached.alignment_features({"path": item["path"]}, item["image"].to(device))
 
-    class Timer(pl.Callback):
-        def __init__(self):
-            self.times = []
+    def lightning_of(module):
+        """The official module is a ``pytorch_lightning`` one (the package's old name), ours a ``lightning.pytorch``
+        one; each Trainer accepts only its own package's modules and callbacks."""
+        import pytorch_lightning
 
-        def on_train_batch_start(self, trainer, pl_module, batch_, batch_idx):
-            synchronize()
-            self.started = time.perf_counter()
+        return pytorch_lightning if isinstance(module, pytorch_lightning.LightningModule) else pl
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch_, batch_idx):
-            synchronize()
-            self.times.append(time.perf_counter() - self.started)
+    def timer_for(package):
+        class Timer(package.Callback):
+            def __init__(self):
+                self.times = []
+
+            def on_train_batch_start(self, trainer, pl_module, batch_, batch_idx):
+                synchronize()
+                self.started = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch_, batch_idx):
+                synchronize()
+                self.times.append(time.perf_counter() - self.started)
+        return Timer()
 
     def run(module, hwc: bool) -> float:
-        timer = Timer()
-        trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                             accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, callbacks=[timer],
-                             log_every_n_steps=50)
+        package = lightning_of(module)
+        timer = timer_for(package)
+        trainer = package.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                                  accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                                  callbacks=[timer], log_every_n_steps=50)
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             trainer.fit(module, torch.utils.data.DataLoader(Items(hwc), batch_size=batch))
         return statistics.median(timer.times[1:])  # the first batch of a fit carries its setup
@@ -333,8 +357,11 @@ def print_table(result: dict) -> None:
     for row in result["dit"]:
         official = f"{row['official_s']:.4f} s" if "official_s" in row else "skipped"
         speedup = f"{row['speedup_ours_vs_official']:.2f}x" if "speedup_ours_vs_official" in row else "-"
+        compiled = (f"{row['speedup_ours_compiled_vs_official']:.2f}x" if "speedup_ours_compiled_vs_official" in row
+                    else "-")
         print(f"  DiT {row['preset']:6s} latents {row['latent']}, batch {row['batch']}: ours {row['ours_s']:.4f} s, "
-              f"official {official}, speed-up {speedup}")
+              f"official {official} (its blocks compiled), speed-up {speedup}; ours with compile_blocks "
+              f"{row['ours_compiled_s']:.4f} s, speed-up {compiled}")
     row = result.get("vavae")
     if row:
         print(f"  VA-VAE {row['preset']} at {row['image_size']} px, batch {row['batch']} (GAN on, DINOv2-L, "

@@ -211,8 +211,10 @@ def print_summary(results: dict) -> None:
                       f"    {method:10s} not within 5 % at the budgets tried")
         elif name == "official":
             for row in data.get("dit", []):
-                print(f"    DiT {row['preset']}: ours {row['ours_s']:.4f} s" +
-                      (f", official {row['official_s']:.4f} s, speed-up {row['speedup_ours_vs_official']:.2f}x"
+                print(f"    DiT {row['preset']}: ours {row['ours_s']:.4f} s (compiled blocks "
+                      f"{row.get('ours_compiled_s', float('nan')):.4f} s)" +
+                      (f", official {row['official_s']:.4f} s, speed-up {row['speedup_ours_vs_official']:.2f}x, "
+                       f"compiled {row.get('speedup_ours_compiled_vs_official', float('nan')):.2f}x"
                        if "official_s" in row else ""))
             vae = data.get("vavae")
             if vae:

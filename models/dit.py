@@ -438,6 +438,15 @@ class LightningDiT(ModelMixin, ConfigMixin):
         x = x.reshape(x.shape[0], s, s, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, s * p, s * p)
 
+    def compile_blocks(self, **options) -> "LightningDiT":
+        """``torch.compile`` each transformer block and the final layer in place (what the official code does with
+        its decorators): the elementwise work (RMSNorm, RoPE, modulation, SwiGLU) fuses into a few kernels. Same
+        parameters and state-dict keys. Needs a working inductor backend: a C++ compiler on the CPU, Triton on
+        the GPU (compute capability 7.0+: not a P100). The first steps pay the compilation."""
+        for module in [*self.blocks, self.final_layer]:
+            module.compile(**options)
+        return self
+
     def forward(self, x: torch.Tensor, t, person=None, condition=None) -> torch.Tensor:
         """Velocity prediction.
 

@@ -283,3 +283,23 @@ def test_adapt_class_embedding_for_person_fine_tuning():
     for key, value in released.state_dict().items():
         if not key.startswith("y_embedder."):
             assert torch.equal(adapted.state_dict()[key], value), key
+
+
+def test_compile_blocks_keeps_weights_names_and_outputs():
+    """dit.train.compile_blocks: the compiled model is the same model (keys, values, outputs, gradients)."""
+    from models.dit import create_dit
+
+    torch.manual_seed(0)
+    model = create_dit("tiny", input_size=8, in_channels=4, num_classes=3)
+    reference = create_dit("tiny", input_size=8, in_channels=4, num_classes=3)
+    reference.load_state_dict(model.state_dict())
+    keys = list(model.state_dict())
+    model.compile_blocks()
+    assert list(model.state_dict()) == keys
+    x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([0, 2])
+    out, expected = model(x, t, y), reference(x, t, y)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    out.square().mean().backward()
+    expected.square().mean().backward()
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight.grad, reference.blocks[0].attn.qkv.weight.grad,
+                               rtol=1e-4, atol=1e-6)

@@ -163,6 +163,8 @@ class DiTTrainer:
         self.num_blocks = num_blocks_of(model)
         if t.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        if t.compile_blocks:
+            model.compile_blocks()
         if self.lora is not None:
             model = apply_lora(model, self.lora)
         self.model = model.to(self.device)
