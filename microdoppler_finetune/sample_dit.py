@@ -10,8 +10,9 @@ Writes <out>/ID_n/IDn_gen{seed}_Doppler{k}.jpg (or <out>/<Condition>/ID_n/... wi
 generation_info.json and __grid_by_person.jpg. --checkpoint may be a {step:07d}.pt checkpoint, the exported
 folder <work_dir>/dit/pretrained (LightningDiT.from_pretrained; EMA weights), or the training folder
 (<work_dir>/dit: its pretrained/ export, or a later checkpoint when there is one; <work_dir>/dit/checkpoints: the
-highest step). Sampler defaults come from the config (dit.sample: the release's Euler ODE with
---num_sampling_steps 250 grid points = 249 steps, CFG 6.7 from t >= 0.125, shift 0.3).
+highest step). Sampler defaults come from the config (dit.sample: UniPC over --num_sampling_steps 26 grid points =
+25 model evaluations, CFG 6.7 from t >= 0.125, shift 0.3; --sampler euler --num_sampling_steps 250 is the
+release's sampler).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="DEPRECATED: Euler steps (= num_sampling_steps - 1); use "
                    "--num_sampling_steps")
     p.add_argument("--sampler", choices=SAMPLING_METHODS,
-                   help="euler (the release's) or a higher-order one: fewer grid points for the same quality")
+                   help="unipc (the default), euler (the release's, with 250 points) or another: see the README's "
+                        "sampler table")
     p.add_argument("--cfg_scale", type=float, help="guidance scale; <= 1: no guidance")
     p.add_argument("--cfg_interval_start", type=float)
     p.add_argument("--shift", type=float, help="timestep shift s of t' = s*t / (1 + (s-1)*t); <= 0: no shift")
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--trust_pickle", action="store_true", help="allow a pickled checkpoint (only files you trust)")
     p.add_argument("--preset", choices=PRESETS, help="config preset whose dit.sample section gives the defaults "
-                   "(default: the schema's, i.e. the release's sampler settings)")
+                   "(default: the schema's)")
     p.add_argument("--config", help="YAML in the config schema (dit.sample section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p

@@ -50,8 +50,12 @@ def test_num_sampling_steps_counts_grid_points_and_steps_is_a_deprecated_alias()
     with pytest.warns(FutureWarning, match="num_sampling_steps=5"):
         assert SamplerSettings(steps=4).num_sampling_steps == 5
     schema = load_config(None, None, []).dit.sample
-    assert schema.num_sampling_steps == 250 and schema.steps is None
-    assert SamplerSettings.from_config(schema).num_sampling_steps == 250
+    # The pipeline's default is UniPC over 26 points (25 evaluations); the release's Euler/250 stays one setting away
+    assert schema.num_sampling_steps == 26 and schema.sampler == "unipc" and schema.steps is None
+    assert SamplerSettings.from_config(schema).num_sampling_steps == 26
+    assert SamplerSettings.from_config(schema).model_evaluations == 25
+    release = load_config(None, None, ["dit.sample.sampler=euler", "dit.sample.num_sampling_steps=250"]).dit.sample
+    assert SamplerSettings.from_config(release).model_evaluations == 249
     # A config written before the rename (dit.sample.steps = Euler steps) keeps its meaning.
     old = load_config(None, None, ["dit.sample.steps=50"]).dit.sample
     assert SamplerSettings.from_config(old).num_sampling_steps == 51
