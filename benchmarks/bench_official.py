@@ -255,8 +255,10 @@ def vavae_step_comparison(args, device) -> dict:
     def lightning_of(module):
         """The official module is a ``pytorch_lightning`` one (the package's old name), ours a ``lightning.pytorch``
         one; each Trainer accepts only its own package's modules and callbacks."""
-        import pytorch_lightning
-
+        try:
+            import pytorch_lightning
+        except ImportError:  # then the official module could not have been built either
+            return pl
         return pytorch_lightning if isinstance(module, pytorch_lightning.LightningModule) else pl
 
     def timer_for(package):
