@@ -75,6 +75,10 @@ class VAEModelConfig:
     # of stopping. Only sensible for demos and tests.
     allow_random_vf: bool = False
     vf_imagenet_norm: bool = False  # the release feeds DINOv2 the [-1,1] image without ImageNet normalisation
+    # The alignment target's token grid (None: the latent grid, as released). The CPU demo uses 8: DINOv2 sees a
+    # 112 px image instead of 224 px (~4x less work for the first epoch's features) and its features are
+    # upsampled to the 16x16 latent grid.
+    vf_token_grid: Optional[int] = None
     freeze_encoder_levels: int = 0  # freeze the first N encoder levels (the guide suggests 3-4 for <5k images)
 
 
@@ -127,7 +131,7 @@ class VAETrainConfig:
     gradient_accumulation: int = 1
     gradient_clip_val: Optional[float] = None  # None/0: no clipping (as released); applied under manual optimisation
     gradient_clip_algorithm: str = "norm"
-    precision: str = "32-true"  # 32-true | 16-mixed (T4) | bf16-mixed (Ampere or newer)
+    precision: str = "32-true"  # 32-true | 16-mixed (T4) | bf16-mixed (Ampere or newer) | auto (CPU: bf16 if native)
     amp_init_scale: float = 1.0  # 16-mixed: first grad-scaler scale (a pixel-sum loss overflows fp16 at 65536)
     accelerator: str = "auto"
     devices: str = "auto"  # "auto", a count ("2") or GPU ids ("0,1")

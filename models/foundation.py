@@ -77,11 +77,15 @@ class FoundationModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, *, name: str, latent_size: Union[int, Sequence[int]] = 16,
-                 imagenet_norm: bool = False, weights: str = "random"):
+                 imagenet_norm: bool = False, weights: str = "random",
+                 token_grid: Optional[Union[int, Sequence[int]]] = None):
         super().__init__()
         self.backbone = backbone
         self.name = name
         self.grid = _grid(latent_size)
+        # The ViT's own token grid; None = the latent grid (the release). A coarser grid (a CPU demo's choice:
+        # 8x8 tokens cost ~4x less than 16x16) gives features that are upsampled bilinearly to the latent grid.
+        self.token_grid = _grid(token_grid) if token_grid else self.grid
         self.imagenet_norm = bool(imagenet_norm)
         self.weights = weights
         patch = backbone.patch_embed.patch_size
@@ -99,8 +103,8 @@ class FoundationModel(nn.Module):
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """Side lengths the image is resized to: latent grid x patch size."""
-        return self.grid[0] * self.patch_size[0], self.grid[1] * self.patch_size[1]
+        """Side lengths the image is resized to: token grid (the latent grid by default) x patch size."""
+        return self.token_grid[0] * self.patch_size[0], self.token_grid[1] * self.patch_size[1]
 
     @property
     def pretrained_cfg(self) -> dict:
@@ -116,8 +120,10 @@ class FoundationModel(nn.Module):
             "patch_size": self.patch_size,
             "num_prefix_tokens": self.num_prefix_tokens,
             "latent_size": self.grid,
+            "token_grid": self.token_grid,
             "input_size": (3, *self.input_size),
-            "input_size_rule": "input side = latent side x patch size; bilinear resize, align_corners=False",
+            "input_size_rule": "input side = token grid side (default: latent side) x patch size; bilinear resize, "
+                               "align_corners=False; features resized bilinearly to the latent grid when it differs",
             "input_range": (-1.0, 1.0),
             "imagenet_norm": self.imagenet_norm,
             "mean": IMAGENET_MEAN if self.imagenet_norm else None,
@@ -139,7 +145,10 @@ class FoundationModel(nn.Module):
             self._fingerprint = digest.hexdigest()[:16]
         h, w = self.input_size
         norm = "imagenet" if self.imagenet_norm else "none"
-        return f"{self.name}|weights={self._fingerprint}|norm={norm}|input={h}x{w}"
+        identity = f"{self.name}|weights={self._fingerprint}|norm={norm}|input={h}x{w}"
+        if self.token_grid != self.grid:  # the same tokens upsampled to another grid are other features
+            identity += f"|grid={self.grid[0]}x{self.grid[1]}"
+        return identity
 
     def train(self, mode: bool = True) -> "FoundationModel":
         # Frozen target: stays in eval whatever the caller asks (no dropout/drop-path, fixed features).
@@ -149,7 +158,7 @@ class FoundationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images B x 3 x H x W in [-1, 1] -> features B x C x h x w on the latent grid."""
         b = x.shape[0]
-        h, w = self.grid
+        h, w = self.token_grid
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)  # B x 3 x 14h x 14w
         if self.imagenet_norm:
             x = ((x + 1) / 2 - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -157,7 +166,10 @@ class FoundationModel(nn.Module):
         patches = tokens[:, self.num_prefix_tokens:]  # B x h*w x C
         if patches.shape[1] != h * w:
             raise RuntimeError(f"{self.name} returned {patches.shape[1]} patch tokens for a {h}x{w} grid.")
-        return patches.transpose(1, 2).reshape(b, -1, h, w)  # B x C x h x w
+        features = patches.transpose(1, 2).reshape(b, -1, h, w)  # B x C x h x w
+        if self.token_grid != self.grid:
+            features = F.interpolate(features, size=self.grid, mode="bilinear", align_corners=False)
+        return features  # B x C x latent h x latent w
 
 
 # ------------------------------------------------------------------------------------------- construction
@@ -258,8 +270,11 @@ def _hub_cached_weights(hub_id: Optional[str]) -> Optional[Path]:
 def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained: bool = True,
                             checkpoint_path: Optional[PathLike] = None, latent_size: Union[int, Sequence[int]] = 16,
                             imagenet_norm: bool = False, model_kwargs: Optional[dict] = None,
-                            trust_pickle: bool = False) -> FoundationModel:
+                            trust_pickle: bool = False,
+                            token_grid: Optional[Union[int, Sequence[int]]] = None) -> FoundationModel:
     """A frozen, eval-mode DINOv2 (or other timm ViT) giving B x C x latent_size x latent_size features.
+
+    ``token_grid`` (None: the latent grid, as released) runs the ViT on a coarser grid and upsamples its features.
 
     ``checkpoint_path`` (file or timm/HF folder) wins over ``pretrained`` (callers pass the copy step2 found);
     with ``pretrained=True`` the Hugging Face cache of an earlier download is used before timm's own download,
@@ -304,7 +319,7 @@ def create_foundation_model(name: str = DEFAULT_FOUNDATION_MODEL, *, pretrained:
     if not hasattr(backbone, "forward_features") or not hasattr(backbone, "patch_embed"):
         raise TypeError(f"'{name}' is not a timm ViT with a patch embedding; it cannot give a patch-token grid.")
     return FoundationModel(backbone, name=name, latent_size=latent_size, imagenet_norm=imagenet_norm,
-                           weights=weights)
+                           weights=weights, token_grid=token_grid)
 
 
 # ------------------------------------------------------------------------------------------- feature cache
@@ -465,7 +480,9 @@ class FoundationFeatureCache:
             computed = model(x[todo])  # B' x C x h x w
             for row, i in enumerate(todo):
                 found[i] = self.put(paths[i], flips[i], computed[row])
-        return torch.stack(found).to(device=x.device)
+        # Outside autocast: CPU autocast (bf16) refuses to promote the float16 entries of the cache in stack
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return torch.stack(found).to(device=x.device)
 
 
 __all__ = [

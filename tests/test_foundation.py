@@ -55,6 +55,33 @@ def test_features_are_final_norm_patch_tokens_of_the_resized_unnormalised_image(
     assert model.pretrained_cfg["input_size"] == (3, 56, 56) and model.pretrained_cfg["feature_dim"] == 64
 
 
+def test_a_coarser_token_grid_is_upsampled_to_the_latent_grid_and_named_in_the_cache_identity():
+    fine, coarse = tiny_dinov2(4), tiny_dinov2(4, token_grid=2)  # same weights (same seed)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert coarse.input_size == (28, 28) and fine.input_size == (56, 56)
+    resized = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        tokens = coarse.backbone.forward_features(resized)[:, 1:].transpose(1, 2).reshape(2, 64, 2, 2)
+    expected = F.interpolate(tokens, size=(4, 4), mode="bilinear", align_corners=False)
+    assert coarse(x).shape == fine(x).shape == (2, 64, 4, 4)
+    assert torch.allclose(coarse(x), expected, atol=1e-6)
+    # Other features than the full grid's, so another cache; the release's grid keeps its old identity.
+    assert coarse.cache_identity != fine.cache_identity and "grid=4x4" in coarse.cache_identity
+    assert "grid=" not in fine.cache_identity and tiny_dinov2(4, token_grid=4).cache_identity == fine.cache_identity
+    assert coarse.pretrained_cfg["token_grid"] == (2, 2) and coarse.pretrained_cfg["latent_size"] == (4, 4)
+
+
+def test_cached_float16_features_stack_under_cpu_bf16_autocast(tmp_path):
+    """The VA-VAE's bf16-mixed CPU training reads float16 cache entries inside autocast (stack refused them)."""
+    model = tiny_dinov2(2)
+    cache = FoundationFeatureCache.for_model(model, cache_dir=tmp_path, storage_dtype=torch.float16)
+    batch = batch_of(["ID_1/a.jpg", "ID_2/b.jpg"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = cache.features_for_batch(batch, batch["image"], model)
+        again = cache.features_for_batch(batch, batch["image"], model)
+    assert first.shape == (2, 64, 2, 2) and torch.equal(first, again)
+
+
 def test_register_tokens_are_dropped_too():
     model = create_foundation_model("vit_small_patch14_reg4_dinov2", pretrained=False, latent_size=2,
                                     model_kwargs=TINY)

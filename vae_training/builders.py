@@ -72,7 +72,8 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
     from models.foundation import FoundationWeightsUnavailable, create_foundation_model
 
     name = str(cfg.vae.vf_model)
-    common = dict(latent_size=int(latent_size), imagenet_norm=bool(cfg.vae.vf_imagenet_norm))
+    common = dict(latent_size=int(latent_size), imagenet_norm=bool(cfg.vae.vf_imagenet_norm),
+                  token_grid=int(cfg.vae.vf_token_grid) if cfg.vae.vf_token_grid else None)
     if _is_local_path(name):
         path = Path(name)
         if not path.exists():
@@ -80,7 +81,8 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
                                     f"existing checkpoint of the alignment target.")
         model = create_foundation_model(checkpoint_path=str(path), pretrained=False,
                                         trust_pickle=bool(cfg.vae.trust_pickle), **common)
-        return AlignmentTarget(model, f"{model.name} from checkpoint {path}", True, model.feature_dim, model.name)
+        return AlignmentTarget(model, f"{model.name} from checkpoint {path}{_grid_note(model)}", True,
+                               model.feature_dim, model.name)
     if bool(cfg.vae.vf_pretrained):
         try:
             # step2's copy (the Hugging Face cache, Kaggle inputs), else timm's download (which fails within
@@ -88,8 +90,8 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
             local = registered_weights_for_timm_model(name)
             model = (create_foundation_model(name, checkpoint_path=str(local), pretrained=False, **common)
                      if local else create_foundation_model(name, pretrained=True, **common))
-            return AlignmentTarget(model, f"pretrained {model.name} ({model.weights})", True, model.feature_dim,
-                                   model.name)
+            return AlignmentTarget(model, f"pretrained {model.name} ({model.weights}){_grid_note(model)}", True,
+                                   model.feature_dim, model.name)
         except FoundationWeightsUnavailable as exc:
             if not bool(cfg.vae.allow_random_vf):
                 raise RuntimeError(f"{exc}\n(Demo only: --set vae.allow_random_vf=true aligns to a random-init "
@@ -99,11 +101,18 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
         reason = "vae.vf_pretrained is false"
     with seeded(int(cfg.run.seed)):
         model = create_foundation_model(name, pretrained=False, **common)
-    description = f"random-init {model.name} (NOT pretrained DINOv2; seed {int(cfg.run.seed)})"
+    description = f"random-init {model.name} (NOT pretrained DINOv2; seed {int(cfg.run.seed)}){_grid_note(model)}"
     loud(f"ALIGNMENT TARGET IS NOT PRETRAINED: {description}.\nReason: {reason}\n"
          f"The VF loss aligns latents to random features: fine for a demo or a test, meaningless for real "
          f"results. Real runs need the DINOv2 weights (or --vf_model with a local checkpoint).")
     return AlignmentTarget(model, description, False, model.feature_dim, model.name)
+
+
+def _grid_note(model) -> str:
+    if tuple(model.token_grid) == tuple(model.grid):
+        return ""
+    return (f", {model.token_grid[0]}x{model.token_grid[1]} tokens upsampled to the {model.grid[0]}x{model.grid[1]} "
+            f"latent grid")
 
 
 def find_pretrained_vae(cfg: DictConfig) -> Optional[Path]:
