@@ -13,6 +13,11 @@ the median of per-pair ratios (A and B run alternately, so machine load drifts h
 * gradient norm: a Python loop of per-tensor norms (twice per step before) vs one fused norm (once);
 * channels_last memory format for the VA-VAE forward + backward (reported, not used by default on the CPU).
 
+The DINOv2 features of a batch as the demo computes them (8x8 tokens upsampled, ``vae.vf_token_grid=8``) vs
+before (16x16 tokens). On a CPU with native bf16 (AVX512-BF16 / AMX), also the whole training_step in a Lightning
+Trainer under bf16-mixed vs 32-true, GAN off and on (faster, but the demo stays in fp32: its VA-VAE ended 1.9 dB
+lower in validation PSNR under bf16). ``--skip_bf16`` leaves the bf16 rows out.
+
 With ``--baseline_src`` (a folder holding a baseline's ``vae_training/module.py`` and ``losses.py``): the whole
 training_step in a Lightning Trainer, baseline module vs current module on identical weights and batches, GAN
 off (stage 1) and on (stages 2-3), rounds alternating between the two.
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -128,12 +134,69 @@ def load_baseline(src: Path):
     return module
 
 
-def whole_step(src: Path, rounds: int, steps: int) -> dict:
+def image_loader(batch: int, size: int, count: int):
+    """Random images with the fields the module reads (path: the feature-cache key)."""
+    images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return {"image": images[i], "path": f"bench/{i}.jpg", "index": i, "person_id": 0,
+                    "condition_id": 0, "flipped": False}
+
+    return torch.utils.data.DataLoader(Items(), batch_size=batch)
+
+
+def fill_feature_cache(module, loader) -> None:
+    """Every timed step then reads the cache, as after the first epoch."""
+    for item in loader:
+        module.alignment_features(item, item["image"])
+
+
+def median_step_seconds(module, loader, precision: str = "32-true") -> float:
+    """Median training_step time of one epoch in a Lightning Trainer (the first batch carries the fit's setup)."""
     import lightning.pytorch as pl
 
+    class Timer(pl.Callback):
+        def __init__(self):
+            self.times = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.started = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.times.append(time.perf_counter() - self.started)
+
+    timer = Timer()
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         accelerator="cpu", devices=1, callbacks=[timer], log_every_n_steps=5, precision=precision)
+    with contextlib.redirect_stderr(io.StringIO()):
+        trainer.fit(module, loader)
+    return statistics.median(timer.times[1:])
+
+
+def alternate(run_a: Callable[[], float], run_b: Callable[[], float], rounds: int) -> dict:
+    """a and b in turn, ``rounds`` times; speed-up = median of the per-round ratios b/a."""
+    ratios, t_a, t_b = [], [], []
+    for _ in range(rounds):
+        b, a = run_b(), run_a()
+        t_a.append(a)
+        t_b.append(b)
+        ratios.append(b / a)
+    return {"a_seconds": statistics.median(t_a), "b_seconds": statistics.median(t_b),
+            "speedup_b_over_a": statistics.median(ratios), "repeats": rounds}
+
+
+STAGES = (("stage1", "GAN off (stage 1)"), ("stage2", "GAN on (stages 2-3)"))
+
+
+def whole_step(src: Path, rounds: int, steps: int) -> dict:
     baseline = load_baseline(src)
     results = {}
-    for stage_name, label in (("stage1", "GAN off (stage 1)"), ("stage2", "GAN on (stages 2-3)")):
+    for stage_name, label in STAGES:
         cfg, current = build(stage_name)
         old = baseline.VAVAEFineTuneModule(
             copy.deepcopy(current.vae), copy.deepcopy(current.discriminator), stage=current.stage,
@@ -141,48 +204,45 @@ def whole_step(src: Path, rounds: int, steps: int) -> dict:
             foundation=current.frozen.foundation, feature_cache=current.feature_cache,
             alignment_target=current.alignment_target)
         batch, size = int(cfg.vae_train.batch_size), int(cfg.data.image_size)
-        images = torch.rand(batch * (steps + 1), 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        loader = image_loader(batch, size, batch * (steps + 1))
+        fill_feature_cache(current, loader)
+        results[f"training_step, {label}"] = alternate(lambda: median_step_seconds(current, loader),
+                                                       lambda: median_step_seconds(old, loader), rounds)
+    return results
 
-        class Items(torch.utils.data.Dataset):
-            def __len__(self):
-                return len(images)
 
-            def __getitem__(self, i):
-                return {"image": images[i], "path": f"bench/{i}.jpg", "index": i, "person_id": 0,
-                        "condition_id": 0, "flipped": False}
+def token_grid(repeats: int) -> dict:
+    """The first epoch's DINOv2 features of one demo batch: 8x8 tokens upsampled (the demo now) vs 16x16."""
+    from models.foundation import create_foundation_model
 
-        loader = torch.utils.data.DataLoader(Items(), batch_size=batch)
-        for item in loader:  # fill the feature cache: every timed step reads it, as after the first epoch
-            current.alignment_features(item, item["image"])
+    cfg, _ = build("stage1")
+    batch, size = int(cfg.vae_train.batch_size), int(cfg.data.image_size)
+    latent = size // 4  # tiny_f4
+    name = str(cfg.vae.vf_model)
+    fine = create_foundation_model(name, pretrained=False, latent_size=latent)
+    coarse = create_foundation_model(name, pretrained=False, latent_size=latent, token_grid=latent // 2)
+    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    label = f"DINOv2 features of a batch, {latent // 2}x{latent // 2} vs {latent}x{latent} tokens"
+    return {label: paired_ratio(lambda: coarse(images), lambda: fine(images), repeats=repeats)}
 
-        class Timer(pl.Callback):
-            def __init__(self):
-                self.times = []
 
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                self.started = time.perf_counter()
+def cpu_bf16(rounds: int, steps: int) -> dict:
+    """The whole training_step under bf16-mixed vs 32-true (same module, weights and batches), on a CPU with
+    native bf16 only (elsewhere bf16 is emulated and slower)."""
+    from microdoppler_finetune.environment import cpu_native_bf16
 
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                self.times.append(time.perf_counter() - self.started)
-
-        def run(module) -> float:
-            timer = Timer()
-            trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                                 accelerator="cpu", devices=1, callbacks=[timer], log_every_n_steps=5)
-            with contextlib.redirect_stderr(io.StringIO()):
-                trainer.fit(module, loader)
-            return statistics.median(timer.times[1:])  # the first batch of a fit carries its setup
-
-        ratios, t_old, t_new = [], [], []
-        for _ in range(rounds):
-            a, b = run(old), run(current)
-            t_old.append(a)
-            t_new.append(b)
-            ratios.append(a / b)
-        results[f"training_step, {label}"] = {"a_seconds": statistics.median(t_new),
-                                              "b_seconds": statistics.median(t_old),
-                                              "speedup_b_over_a": statistics.median(ratios), "repeats": rounds}
+    if not cpu_native_bf16():
+        print("cpu_bf16: this CPU has no native bf16; skipped")
+        return {}
+    results = {}
+    for stage_name, label in STAGES:
+        cfg, module = build(stage_name)
+        batch, size = int(cfg.vae_train.batch_size), int(cfg.data.image_size)
+        loader = image_loader(batch, size, batch * (steps + 1))
+        fill_feature_cache(module, loader)
+        results[f"training_step bf16-mixed vs fp32, {label}"] = alternate(
+            lambda: median_step_seconds(module, loader, "bf16-mixed"),
+            lambda: median_step_seconds(module, loader, "32-true"), rounds)
     return results
 
 
@@ -193,12 +253,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round and variant")
     parser.add_argument("--skip_micro", action="store_true")
+    parser.add_argument("--skip_bf16", action="store_true", help="skip the CPU bf16 / token-grid comparison")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
     results = {} if args.skip_micro else micro(args.repeats)
     if args.baseline_src is not None:
         results.update(whole_step(args.baseline_src, args.rounds, args.steps))
+    if not args.skip_micro:
+        results.update(token_grid(args.repeats))
+    if not args.skip_bf16 and not torch.cuda.is_available():
+        results.update(cpu_bf16(args.rounds, args.steps))
     print(f"\nVA-VAE step changes on {device_description()} (A = now, B = before; speed-up = B/A, median of "
           f"per-pair ratios)")
     print(f"{'change':58s} {'now s':>9s} {'before s':>9s} {'speed-up':>9s}")

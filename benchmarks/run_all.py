@@ -133,9 +133,9 @@ def main(argv=None) -> dict:
         run_part("vae_profile", command, tmp / "vae_profile.json", 420 if quick else 1800, results)
     if "vae_changes" in parts:
         command = [python, str(HERE / "bench_vae_changes.py"), "--json", str(tmp / "vae_changes.json"),
-                   "--repeats", "3" if quick else "9"]
+                   "--repeats", "3" if quick else "9", "--rounds", "2" if quick else "4"]
         if args.baseline_src:
-            command += ["--baseline_src", str(args.baseline_src), "--rounds", "2" if quick else "4"]
+            command += ["--baseline_src", str(args.baseline_src)]
         run_part("vae_changes", command, tmp / "vae_changes.json", 300 if quick else 1800, results)
     if "samplers" in parts:
         if args.work_dir is None:

@@ -131,7 +131,7 @@ class VAETrainConfig:
     gradient_accumulation: int = 1
     gradient_clip_val: Optional[float] = None  # None/0: no clipping (as released); applied under manual optimisation
     gradient_clip_algorithm: str = "norm"
-    precision: str = "32-true"  # 32-true | 16-mixed (T4) | bf16-mixed (Ampere or newer) | auto (CPU: bf16 if native)
+    precision: str = "32-true"  # 32-true | 16-mixed (T4) | bf16-mixed (Ampere or newer)
     amp_init_scale: float = 1.0  # 16-mixed: first grad-scaler scale (a pixel-sum loss overflows fp16 at 65536)
     accelerator: str = "auto"
     devices: str = "auto"  # "auto", a count ("2") or GPU ids ("0,1")

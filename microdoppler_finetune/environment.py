@@ -103,8 +103,8 @@ def detect_gpus() -> list[GPUInfo]:
 
 def cpu_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16: Intel Cooper Lake / Sapphire Rapids and
-    newer, AMD Zen 4 and newer). Only there does bf16 autocast speed the CPU up (measured 1.3-1.5x on the demo's
-    VA-VAE step, benchmarks/bench_vae_changes.py); elsewhere oneDNN emulates it and fp32 is the faster choice."""
+    newer, AMD Zen 4 and newer). Only there can bf16 autocast speed the CPU up (benchmarks/bench_vae_changes.py
+    measures it); elsewhere oneDNN emulates bf16."""
     try:
         flags = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:  # not Linux: no cheap, reliable way to ask; fp32 is the safe answer

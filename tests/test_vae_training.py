@@ -214,16 +214,6 @@ def test_precision_and_devices_checks():
     assert parse_devices("0,1") == [0, 1] and parse_devices("2") == 2 and parse_devices("auto") == "auto"
 
 
-def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
-    import vae_training.hardware as H
-
-    monkeypatch.setattr(H, "cpu_native_bf16", lambda: True)
-    assert check_precision("auto", "cpu", []) == "bf16-mixed"
-    assert check_precision("auto", "gpu", []) == "32-true"  # GPUs keep the release's fp32 unless asked
-    monkeypatch.setattr(H, "cpu_native_bf16", lambda: False)
-    assert check_precision("auto", "cpu", []) == "32-true"
-
-
 def test_cli_flags_map_onto_the_config(tmp_path):
     from vae_training.cli import build_parser, config_from_args
 

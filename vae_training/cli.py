@@ -49,8 +49,7 @@ def build_parser(prog: Optional[str] = None, description: str = "") -> argparse.
     p.add_argument("--learning_rate", "--lr", type=float, help="learning rate of every stage of this run")
     p.add_argument("--epochs", type=int, help="epochs of every stage of this run (default: the schedule's)")
     p.add_argument("--gradient_clip_val", type=float, help="clip the gradient norm to this (0: off)")
-    p.add_argument("--precision", help="32 (default), 16-mixed (T4), bf16-mixed (Ampere+) or auto (bf16-mixed on a "
-                                          "CPU with native bf16, else 32)")
+    p.add_argument("--precision", help="32 (default), 16-mixed (T4) or bf16-mixed (Ampere+)")
     p.add_argument("--time_budget", help="stop cleanly with a checkpoint after this long, e.g. 11h30m, 90s")
     p.add_argument("--vf_model", help="alignment target: timm model name or local checkpoint")
     p.add_argument("--freeze_layers", "--freeze-layers", type=int, help="freeze the first N encoder levels")

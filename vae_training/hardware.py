@@ -5,9 +5,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from microdoppler_finetune.environment import cpu_native_bf16, detect_gpus
+from microdoppler_finetune.environment import detect_gpus
 
-PRECISIONS = {"auto": "auto", "32": "32-true", "32-true": "32-true", "fp32": "32-true",
+PRECISIONS = {"32": "32-true", "32-true": "32-true", "fp32": "32-true",
               "16": "16-mixed", "16-mixed": "16-mixed", "fp16": "16-mixed",
               "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed"}
 
@@ -28,12 +28,8 @@ def check_precision(precision: str, accelerator: str, gpus: list) -> str:
     """Normalise the precision name; refuse what the hardware cannot do, with the reason."""
     name = PRECISIONS.get(str(precision).strip().lower())
     if name is None:
-        raise ValueError(f"--precision {precision}: use 32 (default, as released), 16-mixed (T4), bf16-mixed "
-                         f"(Ampere or newer GPUs) or auto (CPU: bf16-mixed where the CPU has native bf16).")
-    if name == "auto":
-        # GPUs keep the release's fp32 (choose 16-mixed / bf16-mixed on purpose); a CPU with native bf16 runs
-        # the convolutions of the VA-VAE, LPIPS and the DINOv2 features ~1.3-1.5x faster under bf16 autocast.
-        return "bf16-mixed" if accelerator == "cpu" and cpu_native_bf16() else "32-true"
+        raise ValueError(f"--precision {precision}: use 32 (default, as released), 16-mixed (T4) or bf16-mixed "
+                         f"(Ampere or newer GPUs).")
     if accelerator == "gpu":
         if name == "bf16-mixed" and not all(g.bf16 for g in gpus):
             names = ", ".join(f"{g.name} (compute {g.compute_capability})" for g in gpus if not g.bf16)
