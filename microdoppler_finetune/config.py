@@ -77,7 +77,7 @@ class VAEModelConfig:
     vf_imagenet_norm: bool = False  # the release feeds DINOv2 the [-1,1] image without ImageNet normalisation
     # The alignment target's token grid (None: the latent grid, as released). The CPU demo uses 8: DINOv2 sees a
     # 112 px image instead of 224 px (~4x less work for the first epoch's features) and its features are
-    # upsampled to the 16x16 latent grid.
+    # upsampled to the 16x16 latent grid. Capped at the latent grid.
     vf_token_grid: Optional[int] = None
     freeze_encoder_levels: int = 0  # freeze the first N encoder levels (the guide suggests 3-4 for <5k images)
 

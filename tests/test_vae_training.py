@@ -521,3 +521,16 @@ def test_ddp_two_cpu_processes(tiny_dataset, tmp_path, random_lpips_backbone):
     assert result.status == S.STATUS_FINISHED and "x2" in result.hardware and "DDP" in result.hardware
     assert result.ae_steps == 3 and result.chosen_metric is not None
     assert result.global_step == 2 * 3  # both optimizers stepped at every autoencoder step
+
+
+def test_the_demo_aligns_to_a_coarser_token_grid_but_never_a_finer_one(tmp_path):
+    from vae_training.builders import build_alignment_target
+
+    cfg = load_config("cpu_demo", None, [f"run.work_dir={tmp_path}", "vae.vf_pretrained=false"])
+    assert int(cfg.vae.vf_token_grid) == 8
+    coarse = build_alignment_target(cfg, 16)  # the demo: 64 px, f4
+    assert coarse.model.token_grid == (8, 8) and coarse.model.input_size == (112, 112)
+    assert "8x8 tokens upsampled to the 16x16 latent grid" in coarse.description
+    assert coarse.model(torch.zeros(1, 3, 64, 64)).shape == (1, coarse.feature_dim, 16, 16)
+    small = build_alignment_target(cfg, 4)  # a 4x4 latent grid: the release's rule, no finer token grid
+    assert small.model.token_grid == (4, 4) and "upsampled" not in small.description

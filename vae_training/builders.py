@@ -72,8 +72,9 @@ def build_alignment_target(cfg: DictConfig, latent_size: int) -> AlignmentTarget
     from models.foundation import FoundationWeightsUnavailable, create_foundation_model
 
     name = str(cfg.vae.vf_model)
-    common = dict(latent_size=int(latent_size), imagenet_norm=bool(cfg.vae.vf_imagenet_norm),
-                  token_grid=int(cfg.vae.vf_token_grid) if cfg.vae.vf_token_grid else None)
+    # vae.vf_token_grid only ever coarsens: a grid finer than the latents would cost more for nothing
+    token_grid = min(int(cfg.vae.vf_token_grid), int(latent_size)) if cfg.vae.vf_token_grid else None
+    common = dict(latent_size=int(latent_size), imagenet_norm=bool(cfg.vae.vf_imagenet_norm), token_grid=token_grid)
     if _is_local_path(name):
         path = Path(name)
         if not path.exists():
