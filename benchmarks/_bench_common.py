@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts: interleaved timing (fair on a shared, drifting machine), device names,
-peak memory."""
+peak memory, random training images."""
 from __future__ import annotations
 
 import platform
@@ -59,3 +59,18 @@ def device_description() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """Seeded random images in [-1, 1] with the fields the VA-VAE module reads (``path`` keys the feature cache)."""
+
+    def __init__(self, count: int, size: int, prefix: str = "bench"):
+        self.images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        self.prefix = prefix
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "path": f"{self.prefix}/{i}.jpg", "index": i, "person_id": 0,
+                "condition_id": 0, "flipped": False}

@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import device_description, paired_ratio  # noqa: E402
+from _bench_common import RandomImages, device_description, paired_ratio  # noqa: E402
 
 
 def build(stage_name: str, overrides=()):
@@ -135,18 +135,7 @@ def load_baseline(src: Path):
 
 
 def image_loader(batch: int, size: int, count: int):
-    """Random images with the fields the module reads (path: the feature-cache key)."""
-    images = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-
-    class Items(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, i):
-            return {"image": images[i], "path": f"bench/{i}.jpg", "index": i, "person_id": 0,
-                    "condition_id": 0, "flipped": False}
-
-    return torch.utils.data.DataLoader(Items(), batch_size=batch)
+    return torch.utils.data.DataLoader(RandomImages(count, size), batch_size=batch)
 
 
 def fill_feature_cache(module, loader) -> None:
@@ -212,25 +201,32 @@ def whole_step(src: Path, rounds: int, steps: int) -> dict:
 
 
 def token_grid(repeats: int) -> dict:
-    """The first epoch's DINOv2 features of one demo batch: 8x8 tokens upsampled (the demo now) vs 16x16."""
+    """The first epoch's DINOv2 features of one demo batch: the demo's coarser token grid vs the latent grid."""
     from models.foundation import create_foundation_model
 
-    cfg, _ = build("stage1")
-    batch, size = int(cfg.vae_train.batch_size), int(cfg.data.image_size)
-    latent = size // 4  # tiny_f4
-    name = str(cfg.vae.vf_model)
-    fine = create_foundation_model(name, pretrained=False, latent_size=latent)
-    coarse = create_foundation_model(name, pretrained=False, latent_size=latent, token_grid=latent // 2)
-    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    label = f"DINOv2 features of a batch, {latent // 2}x{latent // 2} vs {latent}x{latent} tokens"
+    cfg, module = build("stage1")
+    coarse = module.frozen.foundation  # built as the demo builds it (vae.vf_token_grid)
+    fine = create_foundation_model(str(cfg.vae.vf_model), pretrained=False, latent_size=coarse.grid)
+    batch = int(cfg.vae_train.batch_size)
+    images = next(iter(image_loader(batch, int(cfg.data.image_size), batch)))["image"]
+    (th, tw), (lh, lw) = coarse.token_grid, coarse.grid
+    label = f"DINOv2 features of a batch, {th}x{tw} vs {lh}x{lw} tokens"
     return {label: paired_ratio(lambda: coarse(images), lambda: fine(images), repeats=repeats)}
+
+
+def cpu_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 (Intel Cooper Lake / Sapphire Rapids and newer, AMD Zen 4 and newer): only there can
+    bf16 autocast speed the CPU up; elsewhere oneDNN emulates it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
+    except OSError:  # not Linux
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_bf16(rounds: int, steps: int) -> dict:
     """The whole training_step under bf16-mixed vs 32-true (same module, weights and batches), on a CPU with
-    native bf16 only (elsewhere bf16 is emulated and slower)."""
-    from microdoppler_finetune.environment import cpu_native_bf16
-
+    native bf16 only."""
     if not cpu_native_bf16():
         print("cpu_bf16: this CPU has no native bf16; skipped")
         return {}
@@ -253,7 +249,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round and variant")
     parser.add_argument("--skip_micro", action="store_true")
-    parser.add_argument("--skip_bf16", action="store_true", help="skip the CPU bf16 / token-grid comparison")
+    parser.add_argument("--skip_bf16", action="store_true", help="skip the CPU bf16 vs fp32 step comparison")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import device_description, interleaved  # noqa: E402
+from _bench_common import RandomImages, device_description, interleaved  # noqa: E402
 
 
 def build(cfg_overrides: list[str], preset: str, work_dir: Path, stage_name: str):
@@ -58,18 +58,7 @@ def batch_source(cfg, args):
         manifest = load_manifest(args.manifest, data_root=args.data_root)
         dataset = MicroDopplerDataset(manifest, "train", image_size=size)
     else:
-        generator = torch.Generator().manual_seed(0)
-        images = torch.rand(64, 3, size, size, generator=generator) * 2 - 1
-
-        class _Items(torch.utils.data.Dataset):
-            def __len__(self):
-                return len(images)
-
-            def __getitem__(self, i):
-                return {"image": images[i], "path": f"profile/{i}.jpg", "index": i, "person_id": 0,
-                        "condition_id": 0, "flipped": False}
-
-        dataset = _Items()
+        dataset = RandomImages(64, size, prefix="profile")
     return dataset, batch
 
 

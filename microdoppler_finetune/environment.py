@@ -101,17 +101,6 @@ def detect_gpus() -> list[GPUInfo]:
     return gpus
 
 
-def cpu_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16: Intel Cooper Lake / Sapphire Rapids and
-    newer, AMD Zen 4 and newer). Only there can bf16 autocast speed the CPU up (benchmarks/bench_vae_changes.py
-    measures it); elsewhere oneDNN emulates bf16."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:  # not Linux: no cheap, reliable way to ask; fp32 is the safe answer
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
 def recommend_preset(gpus: list[GPUInfo]) -> tuple[str, str]:
     """Map the detected hardware to one of the presets in configs/."""
     if not gpus:
