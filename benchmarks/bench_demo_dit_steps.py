@@ -16,6 +16,7 @@ real + generated test accuracy; writes them as JSON to --out. The real-only rows
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -50,6 +51,14 @@ def original_data_root(work_dir: Path) -> str:
     return root
 
 
+def run_label(steps: int, seed: int, overrides) -> str:
+    """Folder name of one setting: the overrides' last key parts when short, else a hash of them."""
+    label = "_".join([f"steps{steps}_seed{seed}"] + [o.split(".")[-1] for o in overrides])
+    if len(label) <= 80:
+        return label
+    return f"steps{steps}_seed{seed}_set-{hashlib.sha256(chr(10).join(overrides).encode()).hexdigest()[:10]}"
+
+
 def copy_without_dit(work_dir: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
@@ -81,8 +90,7 @@ def main(argv=None) -> int:
     rows = []
     for steps in [int(s) for s in args.steps.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            label = "_".join([f"steps{steps}_seed{seed}"] + [o.split(".")[-1] for o in args.overrides])
-            run = (args.runs_dir / label).resolve()
+            run = (args.runs_dir / run_label(steps, seed, args.overrides)).resolve()
             copy_without_dit(work_dir, run)
             command = [sys.executable, "-m", "microdoppler_finetune.pipeline", "demo", "--work_dir", str(run),
                        "--data_root", data_root, "--set", f"dit.train.steps={steps}",

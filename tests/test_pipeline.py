@@ -141,3 +141,28 @@ def test_study_on_the_demo_work_dir_tunes_on_validation_tests_over_seeds_and_res
     before = {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")}
     assert run_augmentation_study.main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")} == before
+
+
+def test_dit_steps_benchmark_retrains_on_a_copy_and_reproduces_the_run(demo_run, tmp_path):
+    """benchmarks/bench_demo_dit_steps.py: the DiT, samples and evaluation redone on a copy of a finished work dir;
+    at the profile's own step count and seed it gives the run's own numbers, and the work dir is left as it was."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_demo_dit_steps", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo_dit_steps.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = sorted(p.relative_to(demo_run) for p in demo_run.rglob("*"))
+    out = tmp_path / "rows.json"
+    overrides = [arg for item in TINY for arg in ("--set", item)]
+    assert bench.main(["--work_dir", str(demo_run), "--steps", "4", "--seeds", "0",
+                       "--runs_dir", str(tmp_path / "runs"), "--out", str(out), *overrides]) == 0
+    [row] = json.loads(out.read_text())
+    assert row["steps"] == 4 and row["seed"] == 0
+    assert sorted(p.relative_to(demo_run) for p in demo_run.rglob("*")) == before
+    generation = json.loads((demo_run / "evaluation/generation/generation_metrics.json").read_text())
+    identification = json.loads((demo_run / "evaluation/identification/identification_results.json").read_text())
+    assert row["identifiability"] == generation["real_classifier_on_generated"]["accuracy"]
+    assert row["fid"] == pytest.approx(generation["overall"]["generated"]["fid"], rel=1e-6)
+    assert row["real_plus_generated"] == next(r["test_accuracy"] for r in identification["rows"]
+                                              if r["variant"] == "real+generated@100%")
