@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from microdoppler_finetune.dit.logging import read_log
+
 # Per-run outputs the copy leaves behind so the DiT and everything after it start afresh.
 REGENERATED = ("dit", "samples", "evaluation", "report.html", "report.md", "report.json")
 
@@ -69,12 +71,11 @@ def copy_without_dit(work_dir: Path, target: Path) -> None:
 def read_results(run: Path) -> dict:
     identification = json.loads((run / "evaluation/identification/identification_results.json").read_text())
     generation = json.loads((run / "evaluation/generation/generation_metrics.json").read_text())
-    stages = {row["stage"]: row for row in json.loads((run / "report.json").read_text())}  # the stage log
-    val_rows = [json.loads(line) for line in (run / "dit/train_log.jsonl").read_text().splitlines()
-                if '"event": "val"' in line]
+    stage_log = json.loads((run / "report.json").read_text())  # one row per pipeline stage
+    val_rows = [row for row in read_log(run / "dit") if row["event"] == "val"]
     accuracy = {row["variant"]: row["test_accuracy"] for row in identification["rows"]}
     return {
-        "dit_seconds": stages.get("dit", {}).get("seconds"),
+        "dit_seconds": next((row.get("seconds") for row in stage_log if row["stage"] == "dit"), None),
         "val_loss_ema": val_rows[-1]["val_loss_ema"] if val_rows else None,
         "identifiability": generation["real_classifier_on_generated"]["accuracy"],
         "fid": generation["overall"]["generated"]["fid"],
