@@ -7,7 +7,8 @@
 
 Training step = forward + backward + AdamW step of the flow-matching loss (logit-normal t, cosine term), the
 DiT trainer's work per batch without data loading. Sampling = Euler/Heun ODE from noise over --num_sampling_steps
-grid points (the release's count: 250 points = 249 steps) with guidance (guided steps run a doubled batch). Weights are random: timing does not depend on them.
+grid points (the release's count: 250 points = 249 steps) with guidance (guided steps run a doubled batch).
+Weights are random: timing does not depend on them.
 Prints one JSON line per measurement and writes them all to --out if given.
 """
 from __future__ import annotations

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import device_description  # noqa: E402
+from _bench_common import device_description
 
 
 def networks(cfg, device, foundation: bool = True):

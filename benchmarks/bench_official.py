@@ -43,8 +43,7 @@ from typing import Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import device_description, synchronize  # noqa: E402
+from _bench_common import device_description, synchronize
 
 OFFICIAL_HINT = ("pip install --no-deps --target /tmp/official_deps torchdiffeq einops fairscale "
                  "taming-transformers-rom1504 and pass --official_deps /tmp/official_deps")

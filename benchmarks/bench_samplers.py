@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import device_description  # noqa: E402
+from _bench_common import device_description
 
 DEFAULT_SAMPLERS = "unipc,dpm++2m,ab2,ab3,euler,heun,midpoint"
 DEFAULT_EVALUATIONS = "6,8,10,12,16,20,25,32,50"

@@ -39,8 +39,7 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import RandomImages, device_description, paired_ratio  # noqa: E402
+from _bench_common import RandomImages, device_description, paired_ratio
 
 
 def build(stage_name: str, overrides=()):

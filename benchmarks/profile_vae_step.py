@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,8 +32,7 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import RandomImages, device_description, interleaved  # noqa: E402
+from _bench_common import RandomImages, device_description, interleaved
 
 
 def build(cfg_overrides: list[str], preset: str, work_dir: Path, stage_name: str):

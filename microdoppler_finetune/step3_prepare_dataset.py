@@ -81,8 +81,8 @@ def main(argv=None) -> int:
         prepare_dataset(data_root, output_dir, seed=args.seed, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, gap_frames=args.gap_frames,
                         split_unit=args.split_unit, min_recordings=args.min_recordings, strict=args.strict,
-                        min_side=args.min_side, max_side=args.max_side, overwrite=args.overwrite, withhold=args.withhold,
-                        workers=args.workers)
+                        min_side=args.min_side, max_side=args.max_side, overwrite=args.overwrite,
+                        withhold=args.withhold, workers=args.workers)
     except (DatasetError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

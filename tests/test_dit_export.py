@@ -1,4 +1,5 @@
-"""What the DiT trainer leaves behind besides checkpoints: diffusers' EMA, TensorBoard scalars, the pretrained/ export."""
+"""What the DiT trainer leaves behind besides checkpoints: diffusers' EMA, TensorBoard scalars, the pretrained/
+export."""
 from __future__ import annotations
 
 import json

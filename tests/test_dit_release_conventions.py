@@ -87,7 +87,8 @@ def test_shift_at_most_zero_means_no_shift_and_cfg_at_most_one_means_no_guidance
     model = tiny_model()
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.8])
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_with_cfg(x, t, [0, 1], [1, 2], cfg_scale=0.5), model(x, t, [0, 1], [1, 2]))
+        torch.testing.assert_close(model.forward_with_cfg(x, t, [0, 1], [1, 2], cfg_scale=0.5),
+                                   model(x, t, [0, 1], [1, 2]))
     # The config and the settings take the release's values as they are.
     s = load_config(None, None, ["dit.sample.shift=0", "dit.sample.cfg_scale=1"]).dit.sample
     settings = SamplerSettings.from_config(s)

@@ -275,7 +275,8 @@ def test_step5_script_runs_as_a_file_and_as_a_module():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    for command in (["microdoppler_finetune/step5_validate_export.py"], ["-m", "microdoppler_finetune.step5_validate_export"]):
+    for command in (["microdoppler_finetune/step5_validate_export.py"],
+                    ["-m", "microdoppler_finetune.step5_validate_export"]):
         done = subprocess.run([sys.executable, *command, "--help"], cwd=repo, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stderr

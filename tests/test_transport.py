@@ -157,7 +157,10 @@ def test_training_objective_weights_the_cosine_term_from_the_config():
     from microdoppler_finetune.dit.objective import make_transport, velocity_loss_terms
 
     x1, x0, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.full((2,), 0.5)
-    zero_velocity = lambda x_t, tt: torch.zeros_like(x_t)  # cosine term 1 everywhere
+
+    def zero_velocity(x_t, tt):  # cosine term 1 everywhere
+        return torch.zeros_like(x_t)
+
     off = velocity_loss_terms(zero_velocity, x1, x0, t, make_transport(0.0))
     torch.testing.assert_close(off["loss"], off["mse"])
     assert off["cosine"].abs().max() == 0

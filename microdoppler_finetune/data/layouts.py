@@ -246,8 +246,9 @@ def detect_layout(root: Path, *, hint: bool = True) -> str:
                   if any(_is_person_folder(p.name, allow_number=False) for p in _subdirs(d))]
     not_conditions = [d.name for d in with_data if d not in conditions]
     if not conditions:
-        raise _unknown(root, f"none of its folders ({', '.join(d.name for d in subdirs[:5])}) is a person folder "
-                             f"(ID_n) or a condition folder holding person folders.", _layout_hint(root) if hint else "")
+        names = ", ".join(d.name for d in subdirs[:5])
+        raise _unknown(root, f"none of its folders ({names}) is a person folder (ID_n) or a condition folder "
+                             f"holding person folders.", _layout_hint(root) if hint else "")
     if not_conditions:
         raise _unknown(root, f"folders {', '.join(not_conditions[:5])} hold images but no person folders (ID_n), "
                              f"while {conditions[0].name} is a condition folder.")

@@ -64,7 +64,8 @@ def read_export_info(export_dir: str | Path) -> dict:
     path = Path(export_dir) / EXPORT_INFO_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {export_dir} is not an encoder exported by step5 "
-                                f"(python microdoppler_finetune/step5_validate_export.py --run <work_dir>/vae --export).")
+                                f"(python microdoppler_finetune/step5_validate_export.py --run <work_dir>/vae "
+                                f"--export).")
     return json.loads(path.read_text())
 
 

@@ -315,7 +315,8 @@ def write_reconstruction_figure(ctx: Step5Context) -> Optional[Path]:
 
 def encode_splits(ctx: Step5Context, splits) -> dict[str, EncodedSplit]:
     return encode_manifest_splits(ctx.model, ctx.manifest, splits, image_size=ctx.image_size,
-                                  sample_seed=int(ctx.cfg.export.sample_seed), batch_size=int(ctx.cfg.export.batch_size),
+                                  sample_seed=int(ctx.cfg.export.sample_seed),
+                                  batch_size=int(ctx.cfg.export.batch_size),
                                   device=ctx.device, flip=bool(ctx.cfg.data.flip),
                                   num_workers=int(ctx.cfg.data.num_workers), max_images=ctx.max_images)
 

@@ -95,7 +95,8 @@ def goals(rows: Dict[str, dict], cas: Optional[dict], best_generated: str) -> di
 def results_markdown(results: dict) -> str:
     rows = results["rows"]
     lines = ["# Augmentation study: does generated data help person identification?", "",
-             f"Work dir `{results['work_dir']}`; {len(results['seeds'])} seeds ({', '.join(map(str, results['seeds']))}) "
+             f"Work dir `{results['work_dir']}`; {len(results['seeds'])} seeds "
+             f"({', '.join(map(str, results['seeds']))}) "
              f"per row; every knob chosen on validation, the test split used once. Withheld: "
              f"{', '.join(results['withheld']['conditions'])} of {', '.join(results['withheld']['test_people'])} "
              f"(test), of {', '.join(results['withheld']['val_people']) or '-'} (validation stand-ins).", "",
