@@ -71,11 +71,11 @@ def copy_without_dit(work_dir: Path, target: Path) -> None:
 def read_results(run: Path) -> dict:
     identification = json.loads((run / "evaluation/identification/identification_results.json").read_text())
     generation = json.loads((run / "evaluation/generation/generation_metrics.json").read_text())
-    stage_log = json.loads((run / "report.json").read_text())  # one row per pipeline stage
+    stages = {row["stage"]: row for row in json.loads((run / "report.json").read_text())}  # the stage log
     val_rows = [row for row in read_log(run / "dit") if row["event"] == "val"]
     accuracy = {row["variant"]: row["test_accuracy"] for row in identification["rows"]}
     return {
-        "dit_seconds": next((row.get("seconds") for row in stage_log if row["stage"] == "dit"), None),
+        "dit_seconds": stages.get("dit", {}).get("seconds"),
         "val_loss_ema": val_rows[-1]["val_loss_ema"] if val_rows else None,
         "identifiability": generation["real_classifier_on_generated"]["accuracy"],
         "fid": generation["overall"]["generated"]["fid"],
